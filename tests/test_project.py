@@ -1,0 +1,133 @@
+"""The project's own promises: packaging, conda in step with pip, the command, lint, the book's toc."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def requirement_name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
+
+
+def test_every_runtime_dependency_is_in_environment_yml():
+    import yaml
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)}
+    missing = [
+        name
+        for name in (requirement_name(r) for r in PYPROJECT["project"]["dependencies"])
+        if CONDA_NAMES.get(name, name) not in conda
+    ]
+    assert missing == [], f"add these to environment.yml: {missing}"
+    assert "conda-forge" in env["channels"]
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert any(".[dev]" in line or line.strip() == "-e ." for line in pip_section)
+
+
+def test_dependencies_have_lower_bounds_only():
+    deps = PYPROJECT["project"]["dependencies"]
+    for extra in PYPROJECT["project"]["optional-dependencies"].values():
+        deps = deps + extra
+    for req in deps:
+        assert not re.search(r"(==|<|~=)", req.split(";")[0]), f"{req}: use lower bounds only"
+
+
+def test_dev_extra_includes_book_extra():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert "nanogpt-lib[book]" in extras["dev"]
+    for tool in ("pytest", "nbval", "ruff", "pytest-xdist"):
+        assert any(requirement_name(r) == tool for r in extras["dev"]), tool
+
+
+def _nanogpt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nanogpt_lib.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_command_version_and_help():
+    import nanogpt_lib
+
+    r = _nanogpt("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"nanogpt {nanogpt_lib.__version__}"
+    r = _nanogpt("--help")
+    assert r.returncode == 0 and "usage: nanogpt" in r.stdout
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "nanogpt"
+    assert script.exists(), "pip install -e . must install the `nanogpt` command"
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("nanogpt ")
+
+
+def test_ruff_is_clean():
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "nanogpt_lib", "tools", "tests", "bench", "conftest.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def chapters() -> list[str]:
+    return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "chapters").glob("*.md"))
+
+
+def test_myst_toc_lists_every_chapter_in_order():
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "myst.yml").read_text())["project"]["toc"]
+    listed = [entry["file"] for entry in toc if entry["file"].startswith("chapters/")]
+    assert listed == chapters()
+
+
+def test_readme_lists_every_chapter():
+    readme = (ROOT / "README.md").read_text()
+    for chapter in chapters():
+        assert f"({chapter})" in readme, f"README's chapter table is missing {chapter}"
+
+
+@pytest.mark.parametrize("chapter", chapters())
+def test_chapter_format(chapter: str):
+    """A jupytext MyST notebook that reads the quick switch in exactly one place."""
+    import jupytext
+
+    text = (ROOT / chapter).read_text()
+    assert "format_name: myst" in text
+    nb = jupytext.read(ROOT / chapter)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    switch = [c for c in nb.cells if c.cell_type == "code" and "NANOGPT_QUICK" in c.source]
+    assert len(switch) == 1, f"{chapter} must read NANOGPT_QUICK in one visible cell"
+    assert "MPLBACKEND" not in text
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    assert blocks[0].strip() == 'pip install -e ".[dev]"' and blocks[1].strip() == "pytest"
+    assert 'pip install -q -e ".[dev]"' in ci and "\npytest\n" in ci
+    assert ci.index("torch==2.13.0") < ci.index('-e ".[dev]"')
+
+
+def test_jupyterlab_opens_chapters_as_notebooks():
+    settings = json.loads((ROOT / ".jupyter" / "labconfig" / "default_setting_overrides.json").read_text())
+    viewers = settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
