@@ -8,6 +8,20 @@ __all__ = [
     "DownloadError",
     "sha256_of",
     "download",
+    "Dataset",
+    "DATASETS",
+    "dataset_env_var",
+    "dataset_path",
+    "load_text",
+    "CharTokenizer",
+    "PREPARED_FORMAT",
+    "PREPARED_VERSION",
+    "token_dtype",
+    "prepare_char_dataset",
+    "PreparedData",
+    "tokenizer_from_meta",
+    "load_prepared",
+    "get_batch",
 ]
 
 
@@ -68,3 +82,321 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
         )
     os.replace(tmp, dest)
     return dest
+
+
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A text dataset: where to fetch it, and the checksum that identifies it."""
+
+    name: str
+    url: str
+    filename: str
+    sha256: str
+    size: int  # bytes
+
+
+DATASETS: dict[str, Dataset] = {
+    "tinyshakespeare": Dataset(
+        name="tinyshakespeare",
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        filename="input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        size=1_115_394,
+    ),
+}
+
+
+def dataset_env_var(name: str) -> str:
+    """The environment variable that can name a local copy of dataset `name`."""
+    return f"NANOGPT_{name.upper()}"
+
+
+def dataset_path(
+    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
+) -> Path:
+    """The verified file of dataset `name`.
+
+    `source`, else the environment variable NANOGPT_<NAME>, names a local copy: it is checked
+    against the dataset's sha256 and returned as it is (never modified, no network). Otherwise
+    the file is downloaded into `data_dir/<name>/` (or found there, already verified).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    ds = DATASETS[name]
+    env = dataset_env_var(name)
+    origin = "argument source"
+    if source is None and os.environ.get(env, "").strip():
+        source, origin = os.environ[env], f"environment variable {env}"
+    if source is None:
+        return download(ds.url, Path(data_dir) / name / ds.filename, ds.sha256)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} (from {origin}) is not a file. Point it at a copy of {ds.filename} from {ds.url}, "
+            f"or leave it unset to download the file into {Path(data_dir) / name}"
+        )
+    actual = sha256_of(path)
+    if actual != ds.sha256:
+        raise DownloadError(
+            f"{path} (from {origin}) has sha256 {actual}, not the expected {ds.sha256} of {name} "
+            f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file."
+        )
+    return path
+
+
+def load_text(
+    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
+) -> str:
+    """The text of dataset `name` (see `dataset_path`), decoded from UTF-8 exactly as stored."""
+    return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
+
+
+class CharTokenizer:
+    """One token per character: the id of a character is its position in `chars`.
+
+    `unknown`, a character of the vocabulary, is what characters outside it become when
+    encoded; by default (None) they are an error.
+    """
+
+    def __init__(self, chars: str | list[str], unknown: str | None = None):
+        chars = list(chars)
+        if not chars:
+            raise ValueError("a CharTokenizer needs at least one character in its vocabulary")
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"the vocabulary must be single characters; got {bad[:5]!r}")
+        if len(set(chars)) != len(chars):
+            dups = sorted({c for c in chars if chars.count(c) > 1})
+            raise ValueError(f"the vocabulary lists these characters more than once: {dups!r}")
+        self.chars = "".join(chars)
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        if unknown is not None and unknown not in self.stoi:
+            raise ValueError(
+                f"the replacement character unknown={unknown!r} is not in the vocabulary; "
+                "pick one of its characters, or add it to the characters the tokenizer is built from"
+            )
+        self.unknown = unknown
+
+    @classmethod
+    def from_text(cls, text: str, unknown: str | None = None) -> CharTokenizer:
+        """The vocabulary of `text`: its distinct characters, sorted by code point."""
+        return cls(sorted(set(text)), unknown=unknown)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; characters outside the vocabulary raise ValueError unless `unknown` is set."""
+        stoi = self.stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            pass
+        if self.unknown is not None:
+            fallback = stoi[self.unknown]
+            return [stoi.get(c, fallback) for c in text]
+        first: dict[str, int] = {}
+        for i, c in enumerate(text):
+            if c not in stoi and c not in first:
+                first[c] = i
+        shown = ", ".join(f"{c!r} (first at position {i})" for c, i in list(first.items())[:10])
+        more = f" and {len(first) - 10} more" if len(first) > 10 else ""
+        raise ValueError(
+            f"{len(first)} character(s) are not in this tokenizer's vocabulary of {self.vocab_size}: "
+            f"{shown}{more}. Build the tokenizer from text that contains them (CharTokenizer.from_text), "
+            "or map them to a replacement with CharTokenizer(chars, unknown=<a character of the vocabulary>)."
+        )
+
+    def decode(self, ids) -> str:
+        """The text of token ids (a list, NumPy array or tensor of ints)."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        ids = list(ids)
+        n = self.vocab_size
+        for pos, i in enumerate(ids):
+            if not isinstance(i, int) or not 0 <= i < n:
+                raise ValueError(f"token id {i!r} at position {pos} is not in this tokenizer's range 0..{n - 1}")
+        chars = self.chars
+        return "".join([chars[i] for i in ids])
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable description; `CharTokenizer.from_dict` reverses it."""
+        return {"type": "char", "chars": self.chars, "unknown": self.unknown}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CharTokenizer:
+        if not isinstance(d, dict) or d.get("type", "char") != "char" or not isinstance(d.get("chars"), str):
+            raise ValueError(f"not a character tokenizer description (needs type 'char' and 'chars'): {d!r:.200}")
+        return cls(d["chars"], unknown=d.get("unknown"))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        """Read a tokenizer written by `save`."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a JSON tokenizer file ({e}); write one with CharTokenizer.save") from e
+        return cls.from_dict(d)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharTokenizer) and (self.chars, self.unknown) == (other.chars, other.unknown)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
+
+
+PREPARED_FORMAT = "nanogpt-tokens"
+PREPARED_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id of a vocabulary (uint16, else uint32)."""
+    return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
+    """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`.
+
+    The first (1 - val_fraction) of the tokens are the training split, the rest validation.
+    Returns the metadata written to `meta.json`.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    tokenizer = CharTokenizer.from_text(text)
+    dtype = token_dtype(tokenizer.vocab_size)
+    ids = np.array(tokenizer.encode(text), dtype=dtype)
+    n_train = int(len(ids) * (1 - val_fraction))
+    if n_train < 1 or n_train >= len(ids):
+        raise ValueError(
+            f"a text of {len(ids)} characters cannot be split into non-empty train and validation parts "
+            f"with val_fraction={val_fraction}; use a longer text"
+        )
+    meta = {
+        "format": PREPARED_FORMAT,
+        "version": PREPARED_VERSION,
+        "dtype": dtype.name,
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer": tokenizer.to_dict(),
+        "train_tokens": n_train,
+        "val_tokens": len(ids) - n_train,
+        "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "train.bin", ids[:n_train].tobytes())
+    _write_atomic(out / "val.bin", ids[n_train:].tobytes())
+    _write_atomic(out / "meta.json", (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    return meta
+
+
+@dataclass
+class PreparedData:
+    """A tokenized dataset on disk: the train and validation token arrays and what they mean."""
+
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+    tokenizer: object
+    vocab_size: int
+
+
+def tokenizer_from_meta(meta: dict):
+    """The tokenizer described by a prepared dataset's metadata (or by its `tokenizer` entry)."""
+    spec = meta.get("tokenizer", meta)
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "char":
+        return CharTokenizer.from_dict(spec)
+    if kind == "bpe":
+        from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
+
+        return bpe.BPETokenizer.from_dict(spec)
+    raise ValueError(f"unknown tokenizer type {kind!r} in the metadata; known types: 'char', 'bpe'")
+
+
+def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
+    """Open a folder written by `prepare_char_dataset` (or `nanogpt prepare`)."""
+    folder = Path(data_dir)
+    advice = (
+        f"run `nanogpt prepare shakespeare_char --out {folder}` for tiny Shakespeare, "
+        "or prepare_char_dataset(text, out_dir) for your own text"
+    )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no prepared dataset at {folder} (the folder does not exist); {advice}")
+    for fname in ("meta.json", "train.bin", "val.bin"):
+        if not (folder / fname).is_file():
+            raise FileNotFoundError(f"{folder / fname} is missing, so {folder} is not a prepared dataset; {advice}")
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({e}); {advice}") from e
+    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
+        raise ValueError(f"{folder / 'meta.json'} does not describe a '{PREPARED_FORMAT}' dataset; {advice}")
+    if meta.get("version") != PREPARED_VERSION:
+        raise ValueError(
+            f"{folder / 'meta.json'} has format version {meta.get('version')!r}; this library reads version "
+            f"{PREPARED_VERSION}. Prepare the data again: {advice}"
+        )
+    if meta.get("dtype") not in ("uint16", "uint32"):
+        raise ValueError(f"{folder / 'meta.json'} names dtype {meta.get('dtype')!r}, not uint16 or uint32; {advice}")
+    dtype = np.dtype(meta["dtype"])
+    splits = {}
+    for split in ("train", "val"):
+        path = folder / f"{split}.bin"
+        expected = meta.get(f"{split}_tokens")
+        actual, rest = divmod(path.stat().st_size, dtype.itemsize)
+        if expected != actual or rest or not actual:
+            raise ValueError(
+                f"{path} holds {path.stat().st_size} bytes, but meta.json promises {expected} {dtype.name} tokens "
+                f"({(expected or 0) * dtype.itemsize} bytes): the file is truncated or from another preparation. "
+                f"Prepare the data again: {advice}"
+            )
+        splits[split] = np.memmap(path, dtype=dtype, mode="r")
+    tokenizer = tokenizer_from_meta(meta)
+    return PreparedData(splits["train"], splits["val"], meta, tokenizer, int(meta["vocab_size"]))
+
+
+def get_batch(
+    tokens: np.ndarray,
+    batch_size: int,
+    block_size: int,
+    device: str | torch.device = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random windows `x` of `block_size` tokens and their targets `y` (x shifted by one).
+
+    Both are int64 tensors of shape (batch_size, block_size) on `device`.
+    """
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be at least 1, got {batch_size} and {block_size}")
+    n = len(tokens)
+    if n < block_size + 1:
+        raise ValueError(
+            f"the token array has {n} tokens, but one window needs block_size + 1 = {block_size + 1} "
+            "(the targets are the inputs shifted by one); use a smaller block_size or more text"
+        )
+    starts = torch.randint(n - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([torch.from_numpy(np.asarray(tokens[i : i + block_size], dtype=np.int64)) for i in starts])
+    y = torch.stack([torch.from_numpy(np.asarray(tokens[i + 1 : i + 1 + block_size], dtype=np.int64)) for i in starts])
+    device = torch.device(device)
+    if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
