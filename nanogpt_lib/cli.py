@@ -13,6 +13,26 @@ import sys
 from nanogpt_lib import __version__
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from nanogpt_lib.data import prepare_dataset
+
+    meta = prepare_dataset(args.name, source=args.source, out_dir=args.out, data_dir=args.data_dir)
+    print(
+        f"wrote {meta['out_dir']}: train.bin ({meta['train_tokens']:,} tokens), val.bin ({meta['val_tokens']:,} "
+        f"tokens) as {meta['dtype']}, and meta.json (vocabulary of {meta['vocab_size']})"
+    )
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="download (or verify) a dataset and write its tokenized splits")
+    p.add_argument("name", choices=["shakespeare_char"], help="the prepared dataset to write")
+    p.add_argument("--source", metavar="FILE", help="a local copy of the text to use instead of downloading")
+    p.add_argument("--out", metavar="DIR", help="where to write train.bin, val.bin, meta.json (default: DATA_DIR/NAME)")
+    p.add_argument("--data-dir", default="data", metavar="DIR", help="where downloads go (default: data)")
+    p.set_defaults(run=_prepare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nanogpt",
@@ -20,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nanogpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    del sub  # subcommands register here: _add_prepare(sub), _add_train(sub), _add_sample(sub)
+    _add_prepare(sub)
     return parser
 
 

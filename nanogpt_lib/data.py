@@ -21,6 +21,8 @@ __all__ = [
     "PreparedData",
     "tokenizer_from_meta",
     "load_prepared",
+    "PREPARED_DATASETS",
+    "prepare_dataset",
     "get_batch",
 ]
 
@@ -372,6 +374,27 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
         splits[split] = np.memmap(path, dtype=dtype, mode="r")
     tokenizer = tokenizer_from_meta(meta)
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, int(meta["vocab_size"]))
+
+
+PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare"}  # prepared name -> text dataset
+
+
+def prepare_dataset(
+    name: str,
+    source: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike = "data",
+) -> dict:
+    """Fetch (or verify the local copy `source` of) a dataset, tokenize it, and write it to `out_dir`.
+
+    `out_dir` defaults to `data_dir/<name>`. The text is verified before anything is written, so a
+    wrong checksum leaves no files behind. Returns the metadata, with `out_dir` added.
+    """
+    if name not in PREPARED_DATASETS:
+        raise ValueError(f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}")
+    text = load_text(PREPARED_DATASETS[name], source=source, data_dir=data_dir)
+    out = Path(out_dir) if out_dir is not None else Path(data_dir) / name
+    return {**prepare_char_dataset(text, out), "out_dir": str(out)}
 
 
 def get_batch(

@@ -3,13 +3,15 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from nanogpt_lib import data
+from nanogpt_lib import cli, data
 from nanogpt_lib.data import (
     DATASETS,
     CharTokenizer,
@@ -323,3 +325,48 @@ def test_get_batch_too_short_text_is_a_clear_error():
         get_batch(np.arange(8, dtype=np.uint16), batch_size=2, block_size=8)
     with pytest.raises(ValueError, match="at least 1"):
         get_batch(np.arange(80, dtype=np.uint16), batch_size=0, block_size=8)
+
+
+# --- `nanogpt prepare` ----------------------------------------------------------------------------------
+
+
+@needs_shakespeare
+def test_cli_prepare_end_to_end(tmp_path):
+    out = tmp_path / "prepared"
+    command = ["prepare", "shakespeare_char", "--source", SHAKESPEARE, "--out", str(out)]
+    r = subprocess.run(
+        [sys.executable, "-m", "nanogpt_lib.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "NANOGPT_TINYSHAKESPEARE": ""},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "train.bin (1,003,854 tokens)" in r.stdout and "val.bin (111,540 tokens)" in r.stdout
+    p = load_prepared(out)
+    text = Path(SHAKESPEARE).read_text(encoding="utf-8")
+    assert p.vocab_size == 65 and p.meta["source_sha256"] == DATASETS["tinyshakespeare"].sha256
+    assert p.tokenizer.decode(p.train[:14]) == "First Citizen:" and p.tokenizer.decode(p.val[-20:]) == text[-20:]
+    assert not (tmp_path / "data").exists(), "with --source nothing is downloaded"
+
+
+def test_cli_prepare_default_out_dir_uses_the_environment_copy(fake_dataset, monkeypatch, tmp_path):
+    monkeypatch.setitem(data.PREPARED_DATASETS, "shakespeare_char", "tiny")
+    monkeypatch.setenv("NANOGPT_TINY", str(fake_dataset))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "shakespeare_char"]) == 0
+    assert load_prepared(tmp_path / "data" / "shakespeare_char").tokenizer == CharTokenizer.from_text(TEXT)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare_char"]
+
+
+def test_cli_prepare_with_a_bad_source_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "input.txt"
+    bad.write_text("First Citizen:\nnot quite the play\n")
+    out = tmp_path / "prepared"
+    assert cli.main(["prepare", "shakespeare_char", "--source", str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "nanogpt prepare: error:" in err and "has sha256" in err and DATASETS["tinyshakespeare"].sha256 in err
+    assert not out.exists() and bad.read_text() == "First Citizen:\nnot quite the play\n"
+    assert cli.main(["prepare", "shakespeare_char", "--source", str(tmp_path / "missing.txt"), "--out", str(out)]) == 1
+    assert "is not a file" in capsys.readouterr().err and not out.exists()
