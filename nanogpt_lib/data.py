@@ -24,6 +24,7 @@ __all__ = [
     "PREPARED_DATASETS",
     "prepare_dataset",
     "get_batch",
+    "BigramLanguageModel",
 ]
 
 
@@ -92,6 +93,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -423,3 +426,33 @@ def get_batch(
     if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
+
+
+class BigramLanguageModel(nn.Module):
+    """The next token's logits from the current token alone: a learned (vocab_size x vocab_size) table."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.logits_table = nn.Embedding(vocab_size, vocab_size)
+        nn.init.normal_(self.logits_table.weight, std=0.02)  # near-uniform predictions at the start
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for every position, and the mean cross-entropy when `targets` are given."""
+        logits = self.logits_table(idx)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1))
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Extend each row of `idx` (B, T) by `max_new_tokens` tokens sampled one at a time."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -1:])
+            next_id = torch.multinomial(F.softmax(logits[:, -1], dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from nanogpt_lib import cli, data
 from nanogpt_lib.data import (
     DATASETS,
+    BigramLanguageModel,
     CharTokenizer,
     DownloadError,
     dataset_path,
@@ -370,3 +372,35 @@ def test_cli_prepare_with_a_bad_source_writes_nothing(tmp_path, capsys):
     assert not out.exists() and bad.read_text() == "First Citizen:\nnot quite the play\n"
     assert cli.main(["prepare", "shakespeare_char", "--source", str(tmp_path / "missing.txt"), "--out", str(out)]) == 1
     assert "is not a file" in capsys.readouterr().err and not out.exists()
+
+
+# --- the bigram baseline --------------------------------------------------------------------------------
+
+
+def test_bigram_forward_is_a_table_lookup_with_cross_entropy():
+    torch.manual_seed(0)
+    model = BigramLanguageModel(11)
+    idx = torch.randint(11, (3, 7))
+    targets = torch.randint(11, (3, 7))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 7, 11) and model(idx)[1] is None
+    torch.testing.assert_close(logits, model.logits_table.weight[idx])
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)))
+    assert abs(loss.item() - math.log(11)) < 0.05, "a fresh bigram predicts nearly uniformly"
+
+
+def test_bigram_learns_a_deterministic_sequence_and_generates_it():
+    tok = CharTokenizer("abcd")
+    ids = np.array(tok.encode("abcd" * 200), dtype=np.uint16)
+    torch.manual_seed(0)
+    model = BigramLanguageModel(tok.vocab_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        _, loss = model(*get_batch(ids, 8, 16, generator=g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    out = model.generate(torch.tensor([[tok.stoi["b"]]]), 9, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 10) and tok.decode(out[0]) == "bcdabcdabc"
