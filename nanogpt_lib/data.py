@@ -89,6 +89,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
 
 
 import json
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,11 +226,14 @@ class CharTokenizer:
         """The text of token ids (a list, NumPy array or tensor of ints)."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        ids = list(ids)
+        try:
+            ids = [operator.index(i) for i in ids]  # ints of any kind, but not floats
+        except TypeError as e:
+            raise ValueError(f"token ids must be integers: {e}") from e
         n = self.vocab_size
-        for pos, i in enumerate(ids):
-            if not isinstance(i, int) or not 0 <= i < n:
-                raise ValueError(f"token id {i!r} at position {pos} is not in this tokenizer's range 0..{n - 1}")
+        if ids and (min(ids) < 0 or max(ids) >= n):
+            pos, i = next((pos, i) for pos, i in enumerate(ids) if not 0 <= i < n)
+            raise ValueError(f"token id {i} at position {pos} is not in this tokenizer's range 0..{n - 1}")
         chars = self.chars
         return "".join([chars[i] for i in ids])
 

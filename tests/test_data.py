@@ -100,6 +100,9 @@ def test_decode_refuses_ids_out_of_range():
         tok.decode([0, 3])
     with pytest.raises(ValueError, match="token id -1 at position 0"):
         tok.decode([-1])
+    with pytest.raises(ValueError, match="token ids must be integers"):
+        tok.decode([1.0])
+    assert tok.decode([np.int64(2), np.uint16(0)]) == "ca"
 
 
 def test_save_and_load_json(tmp_path):
