@@ -72,13 +72,12 @@ class CausalSelfAttention(nn.Module):
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
-        # (B, T, 3C) -> three (B, n_head, T, head_dim): the heads become a batch dimension
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim): the heads become a batch dimension
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(layer, k, v)
         S = k.size(2)
-        # one new token sees everything cached; several new tokens after a cache need an offset mask
-        mask = causal_mask(T, S, x.device) if T > 1 and S != T else None
         if return_weights:
             scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(k.size(-1))
             if T > 1:
@@ -86,6 +85,8 @@ class CausalSelfAttention(nn.Module):
             weights = scores.softmax(dim=-1)
             y = self.attn_dropout(weights.to(v.dtype)) @ v
         else:
+            # one new token sees everything cached; several new tokens after a cache need an offset mask
+            mask = causal_mask(T, S, x.device) if T > 1 and S != T else None
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=T > 1 and S == T)
         y = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
