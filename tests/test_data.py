@@ -286,6 +286,15 @@ def test_tokenizer_from_meta():
         tokenizer_from_meta({"tokenizer": {"type": "sentencepiece"}})
 
 
+def test_tokenizer_from_meta_builds_a_bpe_tokenizer():
+    from nanogpt_lib.bpe import BPETokenizer
+
+    bpe = BPETokenizer.train(TEXT * 3, 270)
+    back = tokenizer_from_meta({"tokenizer": json.loads(json.dumps(bpe.to_dict()))})
+    assert isinstance(back, BPETokenizer) and back.merges == bpe.merges and back.encode(TEXT) == bpe.encode(TEXT)
+    assert back.decode(back.encode("Speak, speak.")) == "Speak, speak."
+
+
 # --- batches ------------------------------------------------------------------------------------------
 
 
