@@ -309,9 +309,13 @@ class BPETokenizer:
     @classmethod
     def from_dict(cls, d: Mapping) -> BPETokenizer:
         """The tokenizer that `to_dict` described."""
-        if d.get("type") != "bpe":
-            raise ValueError(f"not a BPE tokenizer description (type {d.get('type')!r}, expected 'bpe')")
-        return cls(d["merges"], d["pattern"], d["special_tokens"], bytes(d["byte_order"]))
+        if d.get("type") != "bpe" or "merges" not in d or "pattern" not in d:
+            raise ValueError(
+                f"not a BPE tokenizer description: expected type 'bpe' (got {d.get('type')!r}) with 'merges' and "
+                "'pattern', as written by BPETokenizer.to_dict"
+            )
+        byte_order = None if d.get("byte_order") is None else bytes(d["byte_order"])
+        return cls(d["merges"], d["pattern"], d.get("special_tokens"), byte_order)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer to `path` in the text format `nanogpt-bpe 1` (see `load`)."""

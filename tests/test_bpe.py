@@ -23,7 +23,7 @@ from nanogpt_lib.bpe import (
     split_pattern,
     train_merges,
 )
-from nanogpt_lib.data import load_text
+from nanogpt_lib.data import load_text, tokenizer_from_meta
 
 EDGE_CASES = [
     "",
@@ -403,5 +403,14 @@ def test_load_rejects_corrupt_files(tmp_path: Path, small: BPETokenizer, mutate,
 
 
 def test_from_dict_rejects_other_tokenizers():
-    with pytest.raises(ValueError, match="type 'char', expected 'bpe'"):
+    with pytest.raises(ValueError, match="expected type 'bpe' \\(got 'char'\\)"):
         BPETokenizer.from_dict({"type": "char", "chars": "ab"})
+    with pytest.raises(ValueError, match="with 'merges' and 'pattern'"):
+        BPETokenizer.from_dict({"type": "bpe", "merges": []})
+
+
+def test_prepared_data_metadata_can_carry_a_bpe_tokenizer(small: BPETokenizer, text: str):
+    meta = json.loads(json.dumps({"tokenizer": small.to_dict()}))  # as stored in meta.json
+    tok = tokenizer_from_meta(meta)
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == small.vocab_size
+    assert tok.encode(text[:5_000]) == small.encode(text[:5_000])
