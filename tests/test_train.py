@@ -1,0 +1,397 @@
+"""The trainer (chapter 05): optimizer, schedule, config, checkpoints, exact resume, stopping, the command."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from nanogpt_lib import cli
+from nanogpt_lib import train as T
+from nanogpt_lib.data import CharTokenizer, load_text, prepare_char_dataset
+from nanogpt_lib.model import GPT, GPTConfig
+
+TINY = dict(
+    n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, eval_iters=2, log_interval=1, warmup_iters=2,
+    device="cpu",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "tiny_shakespeare"
+    prepare_char_dataset(load_text()[:100_000], folder)
+    return folder
+
+
+def config(data_dir: Path, out: Path, **overrides) -> T.TrainConfig:
+    return T.make_config(overrides={**TINY, "data_dir": str(data_dir), "out_dir": str(out), **overrides})
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- optimizer, groups, schedule -------------------------------------------------------------------
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.lin = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.emb.weight  # tied, as in the GPT
+
+    def forward(self, idx):
+        return self.head(self.norm(torch.relu(self.lin(self.emb(idx)))))
+
+
+def test_param_groups_decay_linear_matrices_only():
+    model = Toy()
+    decay, rest = T.param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert decay["params"] == [model.lin.weight]
+    assert {id(p) for p in rest["params"]} == {id(model.emb.weight), id(model.lin.bias), id(model.norm.weight),
+                                               id(model.norm.bias)}  # fmt: skip
+    gpt = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    decay, rest = T.param_groups(gpt, 0.1)
+    assert len(decay["params"]) == 2 * 4  # qkv, attention output, MLP in, MLP out per block
+    assert len(decay["params"]) + len(rest["params"]) == len(list(gpt.parameters()))
+
+
+def test_optimizer_matches_torch_adamw_over_many_steps():
+    """The trainer's (fused) AdamW against torch's reference loop, fed the same gradients."""
+    torch.manual_seed(0)
+    a, b = Toy(), Toy()
+    b.load_state_dict(a.state_dict())
+    ours = T.make_optimizer(a, 3e-3, 0.1, (0.9, 0.99))
+    ref = torch.optim.AdamW(T.param_groups(b, 0.1), lr=3e-3, betas=(0.9, 0.99), foreach=False)
+    for _ in range(100):
+        idx = torch.randint(0, 10, (4, 5))
+        ref.zero_grad()
+        nn.functional.cross_entropy(b(idx).flatten(0, 1), idx.flatten()).backward()
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            p.grad = q.grad.clone()
+        ours.step()
+        ref.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), Toy().parameters(), strict=True))
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    lr = [T.lr_at(s, 1.0, 0.1, 10, 110) for s in range(200)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
+    assert lr[10] == pytest.approx(1.0) and lr[60] == pytest.approx(0.55) and lr[110] == pytest.approx(0.1)
+    assert lr[150] == pytest.approx(0.1)
+    assert all(x >= y for x, y in zip(lr[9:], lr[10:], strict=False))
+    assert T.lr_at(50, 1.0, 0.1, 10, 110, progress=0.5) == pytest.approx(0.55)
+    assert T.lr_at(50, 1.0, 0.1, 10, 110, progress=1.5) == pytest.approx(0.1)
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+def test_config_overrides_accept_hyphens_underscores_and_text():
+    c = T.make_config("shakespeare_char", {"--n-layer": "6", "n_embd": "96", "learning-rate": "3e-4",
+                                           "bias": "true", "time_budget": "60", "lr_decay_iters": "none"})  # fmt: skip
+    assert (c.n_layer, c.n_embd, c.learning_rate, c.bias, c.time_budget, c.lr_decay_iters) == (6, 96, 3e-4, True,
+                                                                                               60.0, None)  # fmt: skip
+    gpu = T.make_config("shakespeare_char_gpu")
+    assert (gpu.n_layer, gpu.n_embd, gpu.block_size) == (6, 384, 256)
+    assert T.make_config().out_dir == T.make_config(T.DEFAULT_PRESET).out_dir
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_layers": "2"}, "unknown config key 'n_layers'"),
+        ({"n_layer": "two"}, "--n-layer expects an integer, got 'two'"),
+        ({"n_layer": "2.5"}, "--n-layer expects an integer"),
+        ({"bias": "maybe"}, "--bias expects true or false"),
+        ({"n_head": "3"}, "divisible by n_head"),
+        ({"dropout": "1.5"}, "dropout"),
+        ({"batch_size": "0"}, "--batch-size must be at least 1"),
+        ({"min_lr": "1"}, "min_lr <= learning_rate"),
+        ({"time_budget": "-5"}, "--time-budget must be a positive"),
+    ],
+)
+def test_config_refuses_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        T.make_config(overrides=overrides)
+
+
+def test_config_refuses_unknown_preset_and_wrong_python_types():
+    with pytest.raises(ValueError, match="unknown preset 'gpt5'.*shakespeare_char"):
+        T.make_config("gpt5")
+    with pytest.raises(ValueError, match="--max-iters must be an integer"):
+        T.TrainConfig(max_iters=10.0)
+    with pytest.raises(ValueError, match="--bias must be true or false"):
+        T.TrainConfig(bias=1)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def tiny_checkpoint(folder: Path) -> tuple[GPT, Path]:
+    gpt_config = GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model = GPT(gpt_config)
+    opt = T.make_optimizer(model, 1e-3, 0.1)
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    opt.step()
+    tokenizer = CharTokenizer([chr(i) for i in range(32, 97)])
+    state = {"step": 3, "model_config": gpt_config.to_dict(), "tokenizer": tokenizer.to_dict()}
+    return model, T.save_checkpoint(folder, model, opt, state)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, folder = tiny_checkpoint(tmp_path / "ckpt")
+    assert sorted(os.listdir(folder)) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    loaded, tokenizer, info = T.load_checkpoint(tmp_path / "ckpt")
+    x = torch.randint(0, 65, (2, 16))
+    model.eval()
+    assert torch.equal(loaded(x)[0], model(x)[0])
+    assert info["step"] == 3 and tokenizer.vocab_size == 65
+    # a run folder resolves to best/, else last/
+    (tmp_path / "run").mkdir()
+    os.replace(folder, tmp_path / "run" / "last")
+    assert T.load_checkpoint(tmp_path / "run")[2]["path"].endswith("last")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign", "bad_json", "missing"])
+def test_damaged_or_foreign_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    _, folder = tiny_checkpoint(tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "foreign":
+        save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+        (folder / "state.json").write_text(json.dumps({"model": "something else"}))
+    elif damage == "bad_json":
+        (folder / "state.json").write_text((folder / "state.json").read_text()[:50])
+    else:
+        (folder / "optimizer.safetensors").unlink()
+    expected = {"truncate": "model.safetensors", "flip": "model.safetensors", "foreign": "state.json",
+                "bad_json": "state.json", "missing": "optimizer.safetensors"}[damage]  # fmt: skip
+    with pytest.raises(T.CheckpointError, match=expected):
+        T.load_checkpoint(folder)
+    with pytest.raises(T.CheckpointError, match="no checkpoint at"):
+        T.load_checkpoint(tmp_path / "nowhere")
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    model, folder = tiny_checkpoint(tmp_path / "last")
+    before = snapshot(folder)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        T.save_checkpoint(folder, model, T.make_optimizer(model, 1e-3, 0.1), {"step": 4})
+    assert snapshot(folder) == before
+    T.load_checkpoint(folder)
+
+
+# --- training runs -------------------------------------------------------------------------------------
+
+
+def test_train_logs_metrics_and_keeps_last_and_best(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = T.train(config(data_dir, out, max_iters=30, eval_interval=10, learning_rate=3e-3), progress=False)
+    assert result.stopped == "max_iters" and result.step == 30
+    logged = rows(out)
+    assert [r["step"] for r in logged] == list(range(31))
+    for r in logged[1:]:
+        assert {"step", "train_loss", "lr", "tokens_per_s", "elapsed_s"} <= r.keys()
+        assert r["tokens_per_s"] > 0 and math.isfinite(r["train_loss"])
+    evaluated = [r for r in logged if r.get("val_loss") is not None]
+    assert [r["step"] for r in evaluated] == [0, 10, 20, 30]
+    assert evaluated[-1]["val_loss"] < evaluated[0]["val_loss"] - 0.3
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "metrics.jsonl"]
+    model, tokenizer, info = T.load_checkpoint(out)
+    assert info["val_loss"] == min(r["val_loss"] for r in evaluated) == result.best_val_loss
+    # the logged validation loss is the loss of the saved weights on the fixed windows
+    data = T.load_prepared(data_dir)
+    x, y = T.fixed_windows(data.val, 2 * 4, 16)
+    assert T.evaluate(model, x, y, 4, T.pick_precision("cpu")) == pytest.approx(info["val_loss"], abs=1e-6)
+    assert tokenizer.decode(tokenizer.encode("First Citizen")) == "First Citizen"
+
+
+def test_resume_is_bitwise_exact(data_dir, tmp_path):
+    """N steps straight == N/2 steps, Ctrl-C, resume, N/2 steps: the same losses and weights, bit for bit."""
+    n = 16
+    common = dict(max_iters=n, eval_interval=5, dropout=0.1, learning_rate=3e-3)
+    straight = T.train(config(data_dir, tmp_path / "straight", **common), progress=False)
+
+    def ctrl_c_at_half(row):
+        if row["step"] == n // 2:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer: stop after this step
+
+    first = T.train(config(data_dir, tmp_path / "split", **common), callback=ctrl_c_at_half, progress=False)
+    assert first.stopped == "interrupted" and first.step == n // 2 + 1
+    assert json.loads((tmp_path / "split" / "last" / "state.json").read_text())["step"] == n // 2 + 1
+    second = T.train(T.resume_config(tmp_path / "split"), progress=False)
+    assert second.stopped == "max_iters" and second.step == n
+    losses = [(r["step"], r["train_loss"]) for r in rows(tmp_path / "straight")[1:]]
+    assert losses == [(r["step"], r["train_loss"]) for r in rows(tmp_path / "split")[1:]]
+    assert [r.get("val_loss") for r in straight.history] == [r.get("val_loss") for r in rows(tmp_path / "split")]
+    a = T.load_checkpoint(tmp_path / "straight" / "last")[0].state_dict()
+    b = T.load_checkpoint(tmp_path / "split" / "last")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_can_extend_a_run_but_not_change_the_model(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=6, lr_decay_iters=12, eval_interval=3), progress=False)
+    longer = T.train(T.resume_config(out, {"max_iters": "12"}), progress=False)
+    assert longer.step == 12 and [r["step"] for r in rows(out)] == list(range(13))
+    with pytest.raises(ValueError, match="n_embd: 32 -> 64"):
+        T.train(T.resume_config(out, {"n_embd": "64", "max_iters": "20"}), progress=False)
+    with pytest.raises(T.CheckpointError, match="no checkpoint to resume"):
+        T.resume_config(tmp_path / "empty")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    forward = GPT.forward
+
+    def poisoned(self, idx, targets=None, cache=None):
+        logits, loss = forward(self, idx, targets, cache)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 7:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(T.TrainingDiverged, match="became nan at step 8.*last good checkpoint"):
+        T.train(config(data_dir, out, max_iters=20, eval_interval=5), progress=False)
+    state = json.loads((out / "last" / "state.json").read_text())
+    assert state["step"] == 5
+    model = T.load_checkpoint(out / "last")[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=4, eval_interval=2), progress=False)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        T.train(config(data_dir, out, max_iters=4), progress=False)
+    with pytest.raises(ValueError, match="pick one"):
+        T.train(T.resume_config(out), overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="block_size"):
+        T.train(config(data_dir, out, block_size=200_000, n_embd=32), overwrite=True, progress=False)
+    assert snapshot(out) == before
+    again = T.train(config(data_dir, out, max_iters=3, eval_interval=3), overwrite=True, progress=False)
+    assert again.step == 3 and [r["step"] for r in rows(out)] == [0, 1, 2, 3]
+
+
+def test_time_budget_sizes_the_run(data_dir, tmp_path):
+    t0 = time.perf_counter()
+    result = T.train(config(data_dir, tmp_path / "run", time_budget=3.0, eval_interval=50), progress=False)
+    wall = time.perf_counter() - t0
+    assert result.stopped == "time_budget" and result.step > 10
+    assert 2.0 < result.elapsed_s <= 3.5 and wall < 10
+    logged = rows(tmp_path / "run")
+    assert logged[-1]["val_loss"] is not None  # the final evaluation is inside the budget
+    assert logged[-1]["lr"] < 0.2 * T.TrainConfig().learning_rate  # the cosine decay ran over the budget
+
+
+def test_missing_dataset_says_which_prepare_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nanogpt prepare shakespeare_char"):
+        T.train(config(tmp_path / "nothing", tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+
+def nanogpt(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_command_trains_and_resumes(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    tiny = ["--n-layer", "1", "--n_head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4"]
+    code, stdout, _ = nanogpt(capsys, "train", "--data", str(data_dir), "--out", out, *tiny, "--max-iters", "4",
+                              "--lr-decay-iters", "8", "--eval-interval", "2", "--log-interval", "1")  # fmt: skip
+    assert code == 0 and "step 4" in stdout and out in stdout
+    code, stdout, _ = nanogpt(capsys, "train", "--resume", "--out", out, "--max-iters", "8")
+    assert code == 0 and "step 8" in stdout
+    assert [r["step"] for r in rows(Path(out))] == list(range(9))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-embd", "thirty"], "--n-embd expects an integer, got 'thirty'"),
+        (["--n-head", "5"], "divisible by n_head"),
+        (["--block-size", "100000"], "block_size"),
+        (["--gradient-accumulation-steps", "-1"], "must be at least 1"),
+        (["--resume", "--overwrite"], "pick one"),
+        ([], "already holds a run"),
+    ],
+)
+def test_command_refuses_bad_input_and_overwrites_nothing(data_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    before = snapshot(out)
+    code, _, err = nanogpt(capsys, "train", "--data", str(data_dir), "--out", str(out), *args)
+    assert code == 1 and message in err
+    assert snapshot(out) == before
+
+
+def test_command_refuses_unknown_keys_presets_and_missing_data(tmp_path, capsys):
+    for args, message in (
+        (["--n-layers", "2"], "unrecognized arguments: --n-layers"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            nanogpt(capsys, "train", *args)
+        assert exit.value.code != 0 and message in capsys.readouterr().err
+    code, _, err = nanogpt(capsys, "train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
+    assert code == 1 and "nanogpt prepare shakespeare_char" in err
+
+
+def test_ctrl_c_saves_and_exits_cleanly(data_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "nanogpt_lib.cli", "train", "--data", str(data_dir), "--out", str(out),
+               "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+               "--max-iters", "1000000", "--log-interval", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ((out / "metrics.jsonl").exists() and len(rows(out)) >= 3):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the run did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    state = json.loads((out / "last" / "state.json").read_text())
+    assert state["step"] == rows(out)[-1]["step"] >= 2
+    T.load_checkpoint(out)
