@@ -122,8 +122,12 @@ def test_readme_commands_are_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
-    assert blocks[0].strip() == 'pip install -e ".[dev]"' and blocks[1].strip() == "pytest"
+    setup = [command.strip() for command in blocks[0].strip().split("&&")]
+    assert setup[0] == 'pip install -e ".[dev]"', "the first command installs the project"
+    assert setup[1:] == ["nanogpt prepare shakespeare_char", "nanogpt train --time-budget 60"]
+    assert blocks[1].strip() == "pytest"
     assert 'pip install -q -e ".[dev]"' in ci and "\npytest\n" in ci
+    assert "nanogpt train" not in ci and "nanogpt prepare" not in ci, "CI installs and tests; it does not train"
     assert ci.index("torch==2.13.0") < ci.index('-e ".[dev]"')
 
 
