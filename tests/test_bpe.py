@@ -158,6 +158,7 @@ def test_train_whole_text_shape(text: str):
     assert tok.token_bytes(256) in {b" t", b"he", b"th", b"e "}  # the commonest pair of English text
     assert tok.decode(tok.encode(text)) == text
     assert len(tok.encode(text)) < 0.6 * len(text)
+    assert_tokens_encode_to_themselves(tok)
 
 
 # --- parity with tiktoken ------------------------------------------------------------------
@@ -414,3 +415,27 @@ def test_prepared_data_metadata_can_carry_a_bpe_tokenizer(small: BPETokenizer, t
     tok = tokenizer_from_meta(meta)
     assert isinstance(tok, BPETokenizer) and tok.vocab_size == small.vocab_size
     assert tok.encode(text[:5_000]) == small.encode(text[:5_000])
+
+
+# --- every token is reachable --------------------------------------------------------------
+
+
+def assert_tokens_encode_to_themselves(tok: BPETokenizer):
+    ordinary = tok.vocab_size - len(tok.special_tokens)
+    for token_id in range(ordinary):
+        assert apply_merges([tok.byte_order.index(b) for b in tok.token_bytes(token_id)], tok._ranks) == [token_id]
+
+
+def test_every_gpt2_token_is_what_its_bytes_encode_to(gpt2: BPETokenizer):
+    assert_tokens_encode_to_themselves(gpt2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=400) | st.text(alphabet="ab c\n", min_size=1, max_size=400))
+def test_every_trained_token_is_what_its_bytes_encode_to(sample: str):
+    """Trained vocabularies have no two tokens with the same bytes, and no token the merges cannot reach."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tok = BPETokenizer.train(sample, 300)
+    assert_tokens_encode_to_themselves(tok)
+    assert len({tok.token_bytes(i) for i in range(tok.vocab_size)}) == tok.vocab_size
