@@ -120,9 +120,9 @@ class KVCache:
                 )
             self.k[layer] = k.new_empty(B, H, self.max_len, D)
             self.v[layer] = v.new_empty(B, H, self.max_len, D)
-        self.k[layer][:, :, self.pos : end] = k
-        self.v[layer][:, :, self.pos : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        self.k[layer].narrow(2, self.pos, T).copy_(k)
+        self.v[layer].narrow(2, self.pos, T).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """Mark `n` more positions as cached (after a forward pass has written them)."""
@@ -155,7 +155,7 @@ def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None
     return logits[:, -1]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, and lighter: a generation step is short, so overhead counts
 def generate_stream(
     model: nn.Module,
     idx: torch.Tensor,
