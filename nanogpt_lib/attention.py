@@ -78,7 +78,9 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         S = k.size(2)
-        if return_weights:
+        # on a CPU, PyTorch's bf16/fp16 attention kernel has a large fixed cost per head: for short
+        # contexts the explicit softmax is faster (3x at 64 positions, torch 2.13), from 256 slower
+        if return_weights or (x.device.type == "cpu" and q.dtype != torch.float32 and S <= 128):
             scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(k.size(-1))
             if T > 1:
                 scores = scores.masked_fill(~causal_mask(T, S, x.device), float("-inf"))

@@ -140,3 +140,20 @@ def test_dropout_only_while_training():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match=r"n_embd \(50\).*n_head \(4\)"):
         CausalSelfAttention(50, 4)
+
+
+@pytest.mark.parametrize("T", [16, 160])  # the explicit CPU path for short contexts, the fused kernel beyond
+def test_bf16_autocast_matches_fp32_on_both_paths(T):
+    attn = make()
+    x = torch.randn(2, T, 48)
+    cache = ListCache()
+    with torch.no_grad():
+        ref = attn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = attn(x)
+            first = attn(x[:, : T // 2], cache=cache)
+            cache.pos = T // 2
+            rest = attn(x[:, T // 2 :], cache=cache)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.03, rtol=0.05)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1).float(), ref, atol=0.03, rtol=0.05)
