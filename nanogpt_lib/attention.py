@@ -45,7 +45,8 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: a fused QKV projection, heads side by side, an output projection.
 
-    `forward(x)` maps (B, T, n_embd) to (B, T, n_embd) through `F.scaled_dot_product_attention`.
+    `forward(x)` maps (B, T, n_embd) to (B, T, n_embd) through `F.scaled_dot_product_attention`
+    (explicitly for short contexts in bf16/fp16 on a CPU, where that is faster).
     With `return_weights=True` it computes the softmax explicitly and also returns the attention
     weights, (B, n_head, T, T_keys), for inspection. With a `cache` (see `KVCacheProtocol`) the keys
     and values of earlier positions come from the cache, and `layer` names this layer's slot in it.
