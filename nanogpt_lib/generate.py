@@ -236,7 +236,10 @@ def encode_prompt(tokenizer, prompt: str, device: torch.device | str = "cpu") ->
         try:
             ids = tokenizer.encode(prompt)
         except ValueError as e:
-            raise ValueError(f"the prompt cannot be encoded by the model's tokenizer: {e}") from None
+            raise ValueError(
+                f"the prompt cannot be encoded by the model's tokenizer: {e} To sample, remove or replace those "
+                "characters in the prompt: the model knows only the tokens it was trained on."
+            ) from None
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
