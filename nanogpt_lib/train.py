@@ -664,7 +664,9 @@ def train(
                 eval_cost = time.perf_counter() - t0
                 log({"step": 0, "train_loss": None, "val_loss": val_loss, "lr": learning_rate(0, 0.0),
                      "tokens_per_s": None, "elapsed_s": elapsed()})  # fmt: skip
-            while True:
+            if elapsed_before >= config.time_budget if config.time_budget else step >= config.max_iters:
+                stopped = "time_budget" if config.time_budget else "max_iters"  # a finished run, resumed: nothing to do
+            while not stopped:
                 t0 = time.perf_counter()
                 lr = learning_rate(step, elapsed())
                 for group in optimizer.param_groups:
@@ -726,8 +728,6 @@ def train(
                     all_tokens, all_busy = all_tokens + tokens, all_busy + busy
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}" if val_loss else "-")
                     losses, tokens, busy = [], 0, 0.0
-                if stopped:
-                    break
     finally:
         bar.close()
         if log_file is not None:

@@ -264,6 +264,8 @@ def test_resume_can_extend_a_run_but_not_change_the_model(data_dir, tmp_path):
     T.train(config(data_dir, out, max_iters=6, lr_decay_iters=12, eval_interval=3), progress=False)
     longer = T.train(T.resume_config(out, {"max_iters": "12"}), progress=False)
     assert longer.step == 12 and [r["step"] for r in rows(out)] == list(range(13))
+    finished = T.train(T.resume_config(out), progress=False)  # nothing left to do: no extra step
+    assert finished.step == 12 and finished.stopped == "max_iters" and len(rows(out)) == 13
     with pytest.raises(ValueError, match="n_embd: 32 -> 64"):
         T.train(T.resume_config(out, {"n_embd": "64", "max_iters": "20"}), progress=False)
     with pytest.raises(T.CheckpointError, match="no checkpoint to resume"):

@@ -1,0 +1,179 @@
+"""Training speed on the CPU reference config, measured side by side in one run; not a timed test.
+
+The reference config (4 layers, 4 heads, 128 wide, context 64, batch 12, vocabulary 65) is the
+one a widely used reference implementation runs at 25,200 tokens/s (30.5 ms/iter) on the
+2-core CI machine, reaching val loss 1.886 after 2,000 iterations in 68 s. This script prints:
+
+- the machine: matmul peak in fp32 and bf16 (`nanogpt_lib.device.measure_matmul_flops`), load;
+- throughput of a plain fp32 training loop (PyTorch's AdamW, no autocast: the textbook loop),
+  of our trainer forced to fp32, and of our trainer as it runs by default (bf16 autocast on a
+  CPU with native bf16, fused AdamW), interleaved over several rounds; tokens/s, ms/iter,
+  achieved FLOP/s and MFU against both peaks;
+- with --quality: validation loss after 2,000 iterations of the reference config, fp32 and default;
+- with --budget SECONDS: `nanogpt train` with the CPU default preset and that time budget;
+- with --sweep SECONDS: the preset candidates, each trained for that budget (the sweep behind
+  the `shakespeare_char` preset).
+
+    python bench/train_speed.py [--steps 150] [--rounds 3] [--quality] [--budget 68] [--sweep 68]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nanogpt_lib.data import get_batch, load_prepared, prepare_dataset
+from nanogpt_lib.device import cpu_flags, measure_matmul_flops, pick_device, pick_precision
+from nanogpt_lib.model import GPT
+from nanogpt_lib.train import make_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = dict(
+    n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
+    learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, eval_interval=250, eval_iters=20,
+)  # fmt: skip
+# candidates for the CPU default preset: (name, overrides); the sweep trains each for the same time budget
+CANDIDATES = [
+    ("reference 4x128 ctx64 b12", dict(REFERENCE)),
+    ("4x128 ctx64 b32 lr2e-3", dict(REFERENCE, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
+    ("4x192 ctx64 b32 lr2e-3", dict(REFERENCE, n_embd=192, n_head=6, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
+    ("4x192 ctx128 b16 lr2e-3", dict(REFERENCE, n_embd=192, n_head=6, block_size=128, batch_size=16,
+                                     learning_rate=2e-3, min_lr=2e-4)),
+    ("6x192 ctx128 b16 lr2e-3", dict(REFERENCE, n_layer=6, n_embd=192, n_head=6, block_size=128, batch_size=16,
+                                     learning_rate=2e-3, min_lr=2e-4)),
+    ("4x256 ctx128 b16 lr1.5e-3", dict(REFERENCE, n_embd=256, n_head=8, block_size=128, batch_size=16,
+                                       learning_rate=1.5e-3, min_lr=1.5e-4)),
+]  # fmt: skip
+
+
+def load() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load unknown"
+
+
+def data_dir() -> Path:
+    folder = ROOT / "data" / "shakespeare_char"
+    if not (folder / "meta.json").exists():
+        prepare_dataset("shakespeare_char", out_dir=folder, data_dir=ROOT / "data")
+    return folder
+
+
+def plain_loop_tokens_per_s(data: Path, steps: int) -> float:
+    """The textbook loop in fp32: forward, backward, clip, PyTorch's default AdamW (no fused kernel, no autocast)."""
+    prepared = load_prepared(data)
+    cfg = make_config(overrides={**REFERENCE, "data_dir": str(data)})
+    torch.manual_seed(0)
+    model = GPT(cfg.model_config(prepared.vocab_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps + 10):
+        t0 = time.perf_counter()
+        x, y = get_batch(prepared.train, cfg.batch_size, cfg.block_size, generator=g)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        times.append(time.perf_counter() - t0)
+    return cfg.batch_size * cfg.block_size / statistics.mean(times[10:])
+
+
+def trainer_tokens_per_s(data: Path, out: Path, steps: int, precision: str) -> float:
+    """Our trainer's tokens/s (evaluation excluded) over `steps` steps, after 10 warm-up steps."""
+    timing = {"max_iters": steps + 10, "eval_interval": 100_000, "eval_iters": 1, "log_interval": 10}
+    run = {"data_dir": str(data), "out_dir": str(out), "precision": precision}
+    cfg = make_config(overrides={**REFERENCE, **timing, **run})
+    rows = [r for r in train(cfg, overwrite=True, progress=False).history if r["tokens_per_s"]][1:]
+    return sum(r["tokens_per_s"] for r in rows) / len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant")
+    parser.add_argument("--quality", action="store_true", help="also train 2,000 iterations, fp32 and default")
+    parser.add_argument("--budget", type=float, help="also run `nanogpt train --time-budget BUDGET` (default preset)")
+    parser.add_argument("--sweep", type=float, help="also train every preset candidate for this many seconds")
+    args = parser.parse_args()
+
+    data = data_dir()
+    device = pick_device()
+    precision = pick_precision(device)
+    native = "native bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "no native bf16"
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {native}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{device}, default precision {precision.name}; {load()}")  # fmt: skip
+    peak32 = measure_matmul_flops(device, torch.float32)
+    peak16 = measure_matmul_flops(device, torch.bfloat16)
+    print(f"matmul peak (1024^3): fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s\n")
+
+    prepared = load_prepared(data)
+    cfg = make_config(overrides=REFERENCE)
+    flops_per_token = GPT(cfg.model_config(prepared.vocab_size)).flops_per_token()
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    results: dict[str, list[float]] = {"plain loop, fp32": [], "trainer, fp32": [], f"trainer, {precision.name}": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            results["plain loop, fp32"].append(plain_loop_tokens_per_s(data, args.steps))
+            results["trainer, fp32"].append(trainer_tokens_per_s(data, Path(tmp, "a"), args.steps, "fp32"))
+            results[f"trainer, {precision.name}"].append(
+                trainer_tokens_per_s(data, Path(tmp, "b"), args.steps, precision.name)
+            )
+    base = statistics.median(results["plain loop, fp32"])
+    print(f"reference config: 4 layers, 4 heads, 128 wide, context 64, batch 12; {flops_per_token / 1e6:.2f} MFLOP "
+          f"per token; median of {args.rounds} interleaved rounds of {args.steps} steps\n")  # fmt: skip
+    print("| variant | tokens/s | ms/iter | vs plain fp32 | vs reference 25,200 | GFLOP/s | MFU fp32 | MFU bf16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, values in results.items():
+        tps = statistics.median(values)
+        achieved = tps * flops_per_token
+        print(f"| {name} | {tps:,.0f} | {1e3 * tokens_per_step / tps:.1f} | {tps / base:.2f}x | {tps / 25_200:.2f}x | "
+              f"{achieved / 1e9:.0f} | {achieved / peak32:.0%} | {achieved / peak16:.0%} |")  # fmt: skip
+    print(f"\n{load()}")
+
+    if args.quality:
+        print("\n| 2,000 iterations, reference config | val loss | wall s | tokens/s |\n|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("fp32", precision.name):
+                cfg = make_config(overrides={**REFERENCE, "data_dir": str(data), "out_dir": str(Path(tmp, name)),
+                                             "precision": name})  # fmt: skip
+                t0 = time.perf_counter()
+                r = train(cfg, progress=False)
+                print(f"| {name} | {r.val_loss:.4f} | {time.perf_counter() - t0:.0f} | {r.tokens_per_s:,.0f} |")
+        print(f"(reference implementation: val loss 1.886 in 68 s); {load()}")
+
+    if args.budget:
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, "-m", "nanogpt_lib.cli", "train", "--data", str(data), "--out", tmp,
+                       "--time-budget", str(args.budget)]  # fmt: skip
+            t0 = time.perf_counter()
+            r = subprocess.run(command, capture_output=True, text=True)
+            print(f"\n`nanogpt train --time-budget {args.budget:g}` (default preset), {time.perf_counter() - t0:.0f} s "
+                  f"wall including start-up: {r.stdout.strip() or r.stderr.strip()}; {load()}")  # fmt: skip
+
+    if args.sweep:
+        print(f"\n| candidate ({args.sweep:g} s each) | steps | tokens/s | val loss |\n|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, overrides in CANDIDATES:
+                cfg = make_config(overrides={**overrides, "data_dir": str(data), "out_dir": tmp,
+                                             "time_budget": args.sweep})  # fmt: skip
+                r = train(cfg, overwrite=True, progress=False)
+                print(f"| {name} | {r.step} | {r.tokens_per_s:,.0f} | {r.val_loss:.4f} |", flush=True)
+        print(load())
+
+
+if __name__ == "__main__":
+    main()
