@@ -3,10 +3,12 @@
     python bench/sample_speed.py [--threads N] [--repeats R] [--new-tokens N]
 
 A 6-layer, 6-head, 384-wide GPT with a 256-token context and random weights (speed does not depend on
-what the weights learnt) generates 128 tokens after a 128-token prompt, greedily, one sequence at a time.
-Each figure is the best of `--repeats` runs. The reference row is a published figure for a widely used
-implementation without a cache on the 2-core CI machine (36 tokens/s; one single-token forward ~3.1 ms);
-the target is 8x that with the cache. Every other row is measured here, in this run.
+what the weights learnt) generates 128 tokens after a 128-token prompt, greedily, one sequence at a
+time; then after a 256-token prompt, past the context; then 8 samples as one batch (all their tokens
+counted). Each figure is the best of `--repeats` runs, in fp32 and in the device's preferred precision
+(weights cast to it). The reference row is a published figure for a widely used implementation without
+a cache on the 2-core CI machine (36 tokens/s; one single-token forward ~3.1 ms); the target is 8x that
+with the cache. Every other row is measured here, in this run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nanogpt_lib.model import GPT, GPTConfig
 
 REFERENCE_TOKENS_PER_S = 36.0
 REFERENCE_FORWARD_MS = 3.1
-TARGET = 8 * REFERENCE_TOKENS_PER_S
+TARGET = 290.0  # the issue's target: 8x the reference
 
 
 def best_time(fn, repeats: int) -> float:
@@ -72,19 +74,19 @@ def main() -> None:
             ("ours, KV cache", inside, True),
             ("ours, no cache, past context", past, False),
             ("ours, KV cache, past context", past, True),
+            ("ours, KV cache, 8 samples", inside.repeat(8, 1), True),
         ):
             run = lambda m=model, p=prompt, c=cached: generate(m, p, n, temperature=0, use_cache=c)  # noqa: E731
-            t = best_time(run, args.repeats)
-            where = f"{prompt.size(1)} + {n}"
-            results[name, label] = n / t
-            rows.append((label, name, where, n / t, fwd_ms))
+            tps = prompt.size(0) * n / best_time(run, args.repeats)  # tokens of every sample in the batch
+            results[name, label] = tps
+            rows.append((label, name, f"{prompt.size(1)} + {n}", tps, fwd_ms))
 
     print(f"{'implementation':<32}{'weights':>8}{'prompt + new':>14}{'tokens/s':>10}{'vs ref':>8}{'1-token fwd':>13}")
     for label, name, where, tps, fwd in rows:
         print(f"{label:<32}{name:>8}{where:>14}{tps:>10.0f}{tps / REFERENCE_TOKENS_PER_S:>7.1f}x{fwd:>10.2f} ms")
     best = max(v for (_, label), v in results.items() if label == "ours, KV cache")
-    print(f"\ntarget with the cache: >= {TARGET:.0f} tokens/s (8x the reference); best here {best:.0f} tokens/s: "
-          f"{'met' if best >= TARGET else 'NOT met'}")
+    verdict = "met" if best >= TARGET else "NOT met"
+    print(f"\ntarget with the cache, one sequence: >= {TARGET:.0f} tokens/s; best here {best:.0f} tokens/s: {verdict}")
 
 
 if __name__ == "__main__":
