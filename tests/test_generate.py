@@ -310,3 +310,16 @@ def test_generate_text_gives_several_different_samples():
     with pytest.raises(ValueError, match="stop must be a non-empty string"):
         generate_text(model, TOK, "", 3, stop="")
 
+
+
+def test_stream_text_with_byte_level_bpe_never_shows_half_a_character():
+    """Byte-level tokens can split a multi-byte character: the stream waits for the rest of it."""
+    from nanogpt_lib.bpe import BPETokenizer
+
+    bpe = BPETokenizer.train("naïve café – déjà vu, “quoted” ‘text’ … " * 20, vocab_size=280)
+    model = make(vocab_size=bpe.vocab_size)
+    for seed in range(3):
+        pieces = list(stream_text(model, bpe, "café", 60, generator=torch.Generator().manual_seed(seed)))
+        out = generate(model, encode_prompt(bpe, "café"), 60, generator=torch.Generator().manual_seed(seed))
+        # what was shown never changes afterwards: the pieces add up to the decoded text, character for character
+        assert "".join(pieces) == bpe.decode(out[0, len(bpe.encode("café")) :].tolist())
