@@ -42,16 +42,16 @@ REFERENCE = dict(
     learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, eval_interval=250, eval_iters=20,
 )  # fmt: skip
 # candidates for the CPU default preset: (name, overrides); the sweep trains each for the same time budget
+FAST = dict(REFERENCE, warmup_iters=50)
 CANDIDATES = [
-    ("reference 4x128 ctx64 b12", dict(REFERENCE)),
-    ("4x128 ctx64 b32 lr2e-3", dict(REFERENCE, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
-    ("4x192 ctx64 b32 lr2e-3", dict(REFERENCE, n_embd=192, n_head=6, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
-    ("4x192 ctx128 b16 lr2e-3", dict(REFERENCE, n_embd=192, n_head=6, block_size=128, batch_size=16,
-                                     learning_rate=2e-3, min_lr=2e-4)),
-    ("6x192 ctx128 b16 lr2e-3", dict(REFERENCE, n_layer=6, n_embd=192, n_head=6, block_size=128, batch_size=16,
-                                     learning_rate=2e-3, min_lr=2e-4)),
-    ("4x256 ctx128 b16 lr1.5e-3", dict(REFERENCE, n_embd=256, n_head=8, block_size=128, batch_size=16,
-                                       learning_rate=1.5e-3, min_lr=1.5e-4)),
+    ("reference: 4x128, ctx 64, batch 12, lr 1e-3", dict(REFERENCE)),
+    ("4x128, ctx 64, batch 32, lr 2e-3", dict(FAST, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
+    ("4x128, ctx 64, batch 64, lr 3e-3", dict(FAST, batch_size=64, learning_rate=3e-3, min_lr=3e-4)),
+    ("4x128, ctx 64, batch 128, lr 4e-3", dict(FAST, batch_size=128, learning_rate=4e-3, min_lr=4e-4)),
+    ("4x128, ctx 128, batch 32, lr 3e-3", dict(FAST, block_size=128, batch_size=32, learning_rate=3e-3, min_lr=3e-4)),
+    ("6x128, ctx 64, batch 64, lr 3e-3", dict(FAST, n_layer=6, batch_size=64, learning_rate=3e-3, min_lr=3e-4)),
+    ("4x192, ctx 64, batch 64, lr 2e-3", dict(FAST, n_embd=192, n_head=6, batch_size=64, learning_rate=2e-3,
+                                             min_lr=2e-4)),
 ]  # fmt: skip
 
 
@@ -102,11 +102,12 @@ def trainer_tokens_per_s(data: Path, out: Path, steps: int, precision: str) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant")
     parser.add_argument("--quality", action="store_true", help="also train 2,000 iterations, fp32 and default")
     parser.add_argument("--budget", type=float, help="also run `nanogpt train --time-budget BUDGET` (default preset)")
     parser.add_argument("--sweep", type=float, help="also train every preset candidate for this many seconds")
+    parser.add_argument("--only", type=int, nargs="*", help="sweep only these candidates (indices)")
     args = parser.parse_args()
 
     data = data_dir()
@@ -126,13 +127,15 @@ def main() -> None:
     tokens_per_step = cfg.batch_size * cfg.block_size
     results: dict[str, list[float]] = {"plain loop, fp32": [], "trainer, fp32": [], f"trainer, {precision.name}": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if args.steps else 0):
             results["plain loop, fp32"].append(plain_loop_tokens_per_s(data, args.steps))
             results["trainer, fp32"].append(trainer_tokens_per_s(data, Path(tmp, "a"), args.steps, "fp32"))
             results[f"trainer, {precision.name}"].append(
                 trainer_tokens_per_s(data, Path(tmp, "b"), args.steps, precision.name)
             )
-    base = statistics.median(results["plain loop, fp32"])
+    if not args.steps:
+        results = {}
+    base = statistics.median(results["plain loop, fp32"]) if results else 1.0
     print(f"reference config: 4 layers, 4 heads, 128 wide, context 64, batch 12; {flops_per_token / 1e6:.2f} MFLOP "
           f"per token; median of {args.rounds} interleaved rounds of {args.steps} steps\n")  # fmt: skip
     print("| variant | tokens/s | ms/iter | vs plain fp32 | vs reference 25,200 | GFLOP/s | MFU fp32 | MFU bf16 |")
@@ -167,7 +170,9 @@ def main() -> None:
     if args.sweep:
         print(f"\n| candidate ({args.sweep:g} s each) | steps | tokens/s | val loss |\n|---|---|---|---|")
         with tempfile.TemporaryDirectory() as tmp:
-            for name, overrides in CANDIDATES:
+            for i, (name, overrides) in enumerate(CANDIDATES):
+                if args.only and i not in args.only:
+                    continue
                 cfg = make_config(overrides={**overrides, "data_dir": str(data), "out_dir": tmp,
                                              "time_budget": args.sweep})  # fmt: skip
                 r = train(cfg, overwrite=True, progress=False)
