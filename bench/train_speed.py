@@ -46,7 +46,10 @@ FAST = dict(REFERENCE, warmup_iters=50)
 CANDIDATES = [
     ("reference: 4x128, ctx 64, batch 12, lr 1e-3", dict(REFERENCE)),
     ("4x128, ctx 64, batch 32, lr 2e-3", dict(FAST, batch_size=32, learning_rate=2e-3, min_lr=2e-4)),
+    ("4x128, ctx 64, batch 32, lr 3e-3 (the preset)", dict(FAST, batch_size=32, learning_rate=3e-3, min_lr=3e-4)),
+    ("4x128, ctx 64, batch 32, lr 4e-3", dict(FAST, batch_size=32, learning_rate=4e-3, min_lr=4e-4)),
     ("4x128, ctx 64, batch 64, lr 3e-3", dict(FAST, batch_size=64, learning_rate=3e-3, min_lr=3e-4)),
+    ("4x128, ctx 64, batch 64, lr 4e-3", dict(FAST, batch_size=64, learning_rate=4e-3, min_lr=4e-4)),
     ("4x128, ctx 64, batch 128, lr 4e-3", dict(FAST, batch_size=128, learning_rate=4e-3, min_lr=4e-4)),
     ("4x128, ctx 128, batch 32, lr 3e-3", dict(FAST, block_size=128, batch_size=32, learning_rate=3e-3, min_lr=3e-4)),
     ("6x128, ctx 64, batch 64, lr 3e-3", dict(FAST, n_layer=6, batch_size=64, learning_rate=3e-3, min_lr=3e-4)),

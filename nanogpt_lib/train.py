@@ -389,10 +389,10 @@ _TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
 DEFAULT_PRESET = "shakespeare_char"
 PRESETS: dict[str, dict[str, Any]] = {
     # the CPU default: the lowest validation loss after one minute on a 2-core CPU in a sweep of depth,
-    # width, context, batch and learning rate (bench/README.md); 750 steps take about a minute there
+    # width, context, batch and learning rate (bench/README.md); 1,500 steps take about a minute there
     "shakespeare_char": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=64, learning_rate=3e-3, min_lr=3e-4,
-        max_iters=750, warmup_iters=50, eval_interval=250, eval_iters=20,
+        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, learning_rate=3e-3, min_lr=3e-4,
+        max_iters=1500, warmup_iters=50, eval_interval=250, eval_iters=20,
     ),
     # nanoGPT's GPU configuration for the same data: 6 layers, 384 wide, 256 characters of context
     "shakespeare_char_gpu": dict(
