@@ -5,23 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from list_cache import ListCache
 
 from nanogpt_lib.attention import CausalSelfAttention, causal_mask
-
-
-class ListCache:
-    """The smallest object that meets the cache protocol: per-layer key/value lists."""
-
-    def __init__(self):
-        self.pos = 0
-        self.kv = {}
-
-    def update(self, layer, k, v):
-        if layer in self.kv:
-            k = torch.cat([self.kv[layer][0], k], dim=2)
-            v = torch.cat([self.kv[layer][1], v], dim=2)
-        self.kv[layer] = (k, v)
-        return k, v
 
 
 def make(n_embd=48, n_head=4, seed=0, **kw):

@@ -4,25 +4,11 @@ import math
 
 import pytest
 import torch
+from list_cache import ListCache
 
 from nanogpt_lib.model import GPT, GPTConfig
 
 SMALL = dict(vocab_size=37, block_size=16, n_layer=3, n_head=4, n_embd=32)
-
-
-class ListCache:
-    """The smallest object that meets the cache protocol: per-layer key/value lists."""
-
-    def __init__(self):
-        self.pos = 0
-        self.kv = {}
-
-    def update(self, layer, k, v):
-        if layer in self.kv:
-            k = torch.cat([self.kv[layer][0], k], dim=2)
-            v = torch.cat([self.kv[layer][1], v], dim=2)
-        self.kv[layer] = (k, v)
-        return k, v
 
 
 def make(seed=0, **overrides) -> GPT:
