@@ -736,6 +736,9 @@ def train(
             log_file.close()
     if world > 1:
         dist.barrier()  # rank 0 has finished writing before any process returns
+        # Free DDP's reducer while the group is still registered: if the reducer held the last reference,
+        # gloo's destructor would wait for its worker thread while holding the GIL that thread needs.
+        del model
         if own_group:
             dist.destroy_process_group()
     rows = [r for r in history if r.get("train_loss") is not None]

@@ -18,6 +18,9 @@ def data_dir(tmp_path_factory) -> Path:
     return folder
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+
+
 def run(launcher: list[str], data_dir: Path, out: Path) -> list[dict]:
     args = ["train", "--data", str(data_dir), "--out", str(out), "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
             "--block-size", "16", "--batch-size", "4", "--gradient-accumulation-steps", "2", "--max-iters", "8",
@@ -25,14 +28,17 @@ def run(launcher: list[str], data_dir: Path, out: Path) -> list[dict]:
             "--dropout", "0", "--precision", "fp32", "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [*launcher, "-m", "nanogpt_lib.cli", *args]
-    r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{' '.join(launcher[-2:])} did not exit within 120 s:\n{e.stdout}\n{e.stderr}") from None
     assert r.returncode == 0, r.stdout + r.stderr
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path):
     one = run([sys.executable], data_dir, tmp_path / "one")
-    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], data_dir, tmp_path / "two")
+    two = run(TORCHRUN, data_dir, tmp_path / "two")
     # only rank 0 writes: one row per step, not two
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(9))
     for a, b in zip(one, two, strict=True):
@@ -44,3 +50,4 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path):
     state = json.loads((tmp_path / "two" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]["torch"]) == 2
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl"]
+
