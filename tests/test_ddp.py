@@ -18,9 +18,6 @@ def data_dir(tmp_path_factory) -> Path:
     return folder
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-
-
 def run(launcher: list[str], data_dir: Path, out: Path) -> list[dict]:
     args = ["train", "--data", str(data_dir), "--out", str(out), "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
             "--block-size", "16", "--batch-size", "4", "--gradient-accumulation-steps", "2", "--max-iters", "8",
@@ -38,7 +35,7 @@ def run(launcher: list[str], data_dir: Path, out: Path) -> list[dict]:
 
 def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path):
     one = run([sys.executable], data_dir, tmp_path / "one")
-    two = run(TORCHRUN, data_dir, tmp_path / "two")
+    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], data_dir, tmp_path / "two")
     # only rank 0 writes: one row per step, not two
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(9))
     for a, b in zip(one, two, strict=True):
@@ -50,4 +47,3 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path):
     state = json.loads((tmp_path / "two" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]["torch"]) == 2
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl"]
-
