@@ -7,7 +7,8 @@ one a widely used reference implementation runs at 25,200 tokens/s (30.5 ms/iter
 - the machine: matmul peak in fp32 and bf16 (`nanogpt_lib.device.measure_matmul_flops`), load;
 - throughput of a plain fp32 training loop (PyTorch's AdamW, no autocast: the textbook loop),
   of our trainer forced to fp32, and of our trainer as it runs by default (bf16 autocast on a
-  CPU with native bf16, fused AdamW), interleaved over several rounds; tokens/s, ms/iter,
+  CPU with native bf16, fused AdamW), interleaved over several rounds, each measurement in a
+  fresh process; tokens/s, ms/iter,
   achieved FLOP/s and MFU against both peaks;
 - with --quality: validation loss after 2,000 iterations of the reference config, fp32 and default;
 - with --budget SECONDS: `nanogpt train` with the CPU default preset and that time budget;
@@ -103,8 +104,21 @@ def trainer_tokens_per_s(data: Path, out: Path, steps: int, precision: str) -> f
     return sum(r["tokens_per_s"] for r in rows) / len(rows)
 
 
+def measure_in_fresh_process(variant: str, data: Path, steps: int) -> float:
+    """tokens/s of one variant, measured in a new Python process.
+
+    The trainer changes process-wide state (it keeps freed memory in glibc's allocator), so every
+    measurement starts from a clean process; the plain loop then runs with the default allocator.
+    """
+    command = [sys.executable, __file__, "--measure", variant, "--data", str(data), "--steps", str(steps)]
+    r = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one measurement, in a fresh process
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant")
     parser.add_argument("--quality", action="store_true", help="also train 2,000 iterations, fp32 and default")
@@ -112,6 +126,13 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, help="also train every preset candidate for this many seconds")
     parser.add_argument("--only", type=int, nargs="*", help="sweep only these candidates (indices)")
     args = parser.parse_args()
+    if args.measure:
+        if args.measure == "plain":
+            print(plain_loop_tokens_per_s(args.data, args.steps))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                print(trainer_tokens_per_s(args.data, Path(tmp), args.steps, args.measure))
+        return
 
     data = data_dir()
     device = pick_device()
@@ -129,13 +150,10 @@ def main() -> None:
     flops_per_token = GPT(cfg.model_config(prepared.vocab_size)).flops_per_token()
     tokens_per_step = cfg.batch_size * cfg.block_size
     results: dict[str, list[float]] = {"plain loop, fp32": [], "trainer, fp32": [], f"trainer, {precision.name}": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds if args.steps else 0):
-            results["plain loop, fp32"].append(plain_loop_tokens_per_s(data, args.steps))
-            results["trainer, fp32"].append(trainer_tokens_per_s(data, Path(tmp, "a"), args.steps, "fp32"))
-            results[f"trainer, {precision.name}"].append(
-                trainer_tokens_per_s(data, Path(tmp, "b"), args.steps, precision.name)
-            )
+    variants = {"plain loop, fp32": "plain", "trainer, fp32": "fp32", f"trainer, {precision.name}": precision.name}
+    for _ in range(args.rounds if args.steps else 0):
+        for name, variant in variants.items():
+            results[name].append(measure_in_fresh_process(variant, data, args.steps))
     if not args.steps:
         results = {}
     base = statistics.median(results["plain loop, fp32"]) if results else 1.0

@@ -7,10 +7,12 @@ from __future__ import annotations
 __all__ = [
     "KVCacheProtocol",
     "causal_mask",
+    "causal_bias",
     "CausalSelfAttention",
 ]
 
 
+import functools
 import math
 from typing import Protocol
 
@@ -40,6 +42,13 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
     so query i sits at position k_len - q_len + i and sees every key up to and including it.
     """
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+
+
+@functools.lru_cache(maxsize=32)
+def causal_bias(q_len: int, k_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`causal_mask` as numbers to add to attention scores: 0 where a query may look, -inf where not (cached)."""
+    allowed = causal_mask(q_len, k_len, device)
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
 class CausalSelfAttention(nn.Module):
@@ -82,11 +91,11 @@ class CausalSelfAttention(nn.Module):
         # on a CPU, PyTorch's bf16/fp16 attention kernel has a large fixed cost per head: for short
         # contexts the explicit softmax is faster (3x at 64 positions, torch 2.13), from 256 slower
         if return_weights or (x.device.type == "cpu" and q.dtype != torch.float32 and S <= 128):
-            scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(k.size(-1))
+            scores = (q * (1.0 / math.sqrt(k.size(-1)))) @ k.transpose(-2, -1)
             if T > 1:
-                scores = scores.masked_fill(~causal_mask(T, S, x.device), float("-inf"))
-            weights = scores.softmax(dim=-1)
-            y = self.attn_dropout(weights.to(v.dtype)) @ v
+                scores = scores + causal_bias(T, S, scores.dtype, x.device)
+            weights = scores.softmax(dim=-1)  # in bf16 too: the kernel sums in fp32 and rounds once
+            y = self.attn_dropout(weights) @ v
         else:
             # one new token sees everything cached; several new tokens after a cache need an offset mask
             mask = causal_mask(T, S, x.device) if T > 1 and S != T else None
