@@ -419,10 +419,10 @@ def faults(steps):
         opt.zero_grad(set_to_none=True)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
 faults(3)
-default = faults(5)
+default = faults(10)
 applied = keep_freed_memory()
-faults(1)
-print(applied, default, faults(5))
+faults(2)
+print(applied, default, faults(10))
 """
 
 
