@@ -149,8 +149,8 @@ def main() -> None:
     cfg = make_config(overrides=REFERENCE)
     flops_per_token = GPT(cfg.model_config(prepared.vocab_size)).flops_per_token()
     tokens_per_step = cfg.batch_size * cfg.block_size
-    results: dict[str, list[float]] = {"plain loop, fp32": [], "trainer, fp32": [], f"trainer, {precision.name}": []}
     variants = {"plain loop, fp32": "plain", "trainer, fp32": "fp32", f"trainer, {precision.name}": precision.name}
+    results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds if args.steps else 0):
         for name, variant in variants.items():
             results[name].append(measure_in_fresh_process(variant, data, args.steps))
