@@ -11,16 +11,26 @@ __all__ = [
     "Dataset",
     "DATASETS",
     "dataset_env_var",
+    "data_home",
     "dataset_path",
     "load_text",
     "CharTokenizer",
     "PREPARED_FORMAT",
     "PREPARED_VERSION",
+    "PIECE_CHARS",
+    "TextSourceError",
     "token_dtype",
+    "parse_tokenizer",
+    "fit_tokenizer",
+    "safe_pieces",
+    "prepare_pieces",
     "prepare_char_dataset",
     "PreparedData",
     "tokenizer_from_meta",
     "load_prepared",
+    "text_files",
+    "read_text_pieces",
+    "prepare_text",
     "PREPARED_DATASETS",
     "prepare_dataset",
     "get_batch",
@@ -125,41 +135,64 @@ def dataset_env_var(name: str) -> str:
     return f"NANOGPT_{name.upper()}"
 
 
+def data_home() -> Path:
+    """The one folder where datasets are downloaded and prepared, whatever the working folder.
+
+    The environment variable NANOGPT_DATA_DIR, else the project's `data/` folder when the library
+    runs from a checkout (it holds data/README.md), else `~/.cache/nanogpt` ($XDG_CACHE_HOME).
+    """
+    import nanogpt_lib
+
+    if os.environ.get("NANOGPT_DATA_DIR", "").strip():
+        return Path(os.environ["NANOGPT_DATA_DIR"]).expanduser().resolve()
+    checkout = Path(nanogpt_lib.__file__).resolve().parent.parent / "data"
+    if (checkout / "README.md").is_file():
+        return checkout
+    return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "nanogpt"
+
+
 def dataset_path(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
+    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
 ) -> Path:
     """The verified file of dataset `name`.
 
     `source`, else the environment variable NANOGPT_<NAME>, names a local copy: it is checked
     against the dataset's sha256 and returned as it is (never modified, no network). Otherwise
-    the file is downloaded into `data_dir/<name>/` (or found there, already verified).
+    the file is downloaded into `data_dir/<name>/` (default: `data_home()`), or found there.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    ds = DATASETS[name]
-    env = dataset_env_var(name)
-    origin = "argument source"
+    ds, env, origin = DATASETS[name], dataset_env_var(name), "argument source"
+    folder = (Path(data_dir) if data_dir is not None else data_home()) / name
     if source is None and os.environ.get(env, "").strip():
         source, origin = os.environ[env], f"environment variable {env}"
     if source is None:
-        return download(ds.url, Path(data_dir) / name / ds.filename, ds.sha256)
+        try:
+            return download(ds.url, folder / ds.filename, ds.sha256)
+        except DownloadError as e:
+            raise DownloadError(
+                f"{e} Or use a copy you already have: pass it with `--source FILE` (source= in Python), "
+                f"or set the environment variable {env} to its path."
+            ) from e
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} (from {origin}) is not a file. Point it at a copy of {ds.filename} from {ds.url}, "
-            f"or leave it unset to download the file into {Path(data_dir) / name}"
+            f"or leave it unset to download the file into {folder}"
         )
     actual = sha256_of(path)
     if actual != ds.sha256:
         raise DownloadError(
             f"{path} (from {origin}) has sha256 {actual}, not the expected {ds.sha256} of {name} "
-            f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file."
+            f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file. "
+            f"The checksum applies to the named datasets only: to train on your own text, run "
+            f"`nanogpt prepare text --source {path} --out DIR`."
         )
     return path
 
 
 def load_text(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
+    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
 ) -> str:
     """The text of dataset `name` (see `dataset_path`), decoded from UTF-8 exactly as stored."""
     return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
@@ -267,8 +300,21 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
+import codecs
+import errno
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import regex
+
 PREPARED_FORMAT = "nanogpt-tokens"
 PREPARED_VERSION = 1
+PIECE_CHARS = 1 << 18  # how much text is decoded, encoded and written at a time
+
+
+class TextSourceError(ValueError):
+    """Text that cannot be prepared: not UTF-8, binary, empty, or too short to train on."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -276,45 +322,173 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def parse_tokenizer(spec: str) -> tuple[str, int]:
+    """A `--tokenizer` value as (kind, size): ("char", 0), ("gpt2", 0) or ("bpe", N)."""
+    kind, _, size = str(spec).partition(":")
+    if spec in ("char", "gpt2"):
+        return spec, 0
+    if kind == "bpe" and size.isdigit() and 256 < int(size) <= 2**20:
+        return "bpe", int(size)
+    raise ValueError(
+        f"unknown tokenizer {spec!r}: use char (one token per character), gpt2 (GPT-2's 50,257 BPE tokens) "
+        "or bpe:N (a BPE vocabulary of N tokens trained on the text itself, 256 < N <= 1048576, e.g. bpe:512)"
+    )
 
 
-def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
-    """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`.
+def _char_encoder(tokenizer: CharTokenizer) -> Callable[[str], np.ndarray]:
+    # The vocabulary is sorted by code point, so a binary search maps code points to ids.
+    points = np.array([ord(c) for c in tokenizer.chars], dtype=np.uint32)
 
-    The first (1 - val_fraction) of the tokens are the training split, the rest validation.
-    Returns the metadata written to `meta.json`.
+    def encode(piece: str) -> np.ndarray:
+        return np.searchsorted(points, np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32))
+
+    return encode
+
+
+def fit_tokenizer(spec: str, pieces: Callable[[str], Iterable[str]]) -> tuple[object, dict, Callable]:
+    """The tokenizer `spec` for the text that `pieces(label)` yields (it may be read twice).
+
+    Returns the tokenizer, its description for meta.json, and a function from a piece of text to
+    its ids. "char" collects the text's characters; "bpe:N" trains N tokens with chapter 2's
+    trainer on the chunk counts; "gpt2" needs no pass over the text.
+    """
+    kind, size = parse_tokenizer(spec)
+    if kind == "char":
+        seen: set[str] = set()
+        for piece in pieces("reading"):
+            seen.update(piece)
+        if not seen:
+            raise TextSourceError("the text is empty: there is nothing to prepare")
+        tokenizer = CharTokenizer(sorted(seen))
+        return tokenizer, tokenizer.to_dict(), _char_encoder(tokenizer)
+    from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
+
+    if kind == "gpt2":
+        import tiktoken
+
+        tokenizer, encoding = bpe.BPETokenizer.from_tiktoken("gpt2"), tiktoken.get_encoding("gpt2")
+        return tokenizer, {"type": "tiktoken", "name": "gpt2"}, encoding.encode_ordinary
+    split, counts = regex.compile(bpe.GPT2_SPLIT_PATTERN), Counter()
+    for piece in safe_pieces(pieces("learning merges")):
+        counts.update(split.findall(piece))
+    tokenizer = bpe.BPETokenizer.train_from_chunks(counts, size)
+    return tokenizer, tokenizer.to_dict(), tokenizer.encode_ordinary
+
+
+_SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")  # searched from the end: the last safe point
+
+
+def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """The same text, re-cut only where a BPE split pattern (GPT-2's, cl100k's) never joins two chunks,
+    so that encoding the pieces one by one gives exactly the tokens of the whole text."""
+    carry = ""
+    for piece in pieces:
+        text = carry + piece
+        found = _SAFE_CUT.search(text)
+        cut = found.start() if found else 0
+        if cut:
+            yield text[:cut]
+        carry = text[cut:]
+    if carry:
+        yield carry
+
+
+def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
+    """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
+    digest, count = hashlib.sha256(), 0
+    with open(path, "wb") as f:
+        for piece in pieces:
+            digest.update(piece.encode("utf-8"))
+            ids = np.asarray(encode(piece)).astype(dtype, copy=False)
+            f.write(ids.tobytes())
+            count += len(ids)
+    return count, digest.hexdigest()
+
+
+def _split_point(n_tokens: int, val_fraction: float, block_size: int) -> int:
+    n_train = int(n_tokens * (1 - val_fraction))
+    need = block_size + 1
+    if n_tokens == 0:
+        raise TextSourceError("the text is empty: there is nothing to prepare")
+    if min(n_train, n_tokens - n_train) < need:
+        raise TextSourceError(
+            f"the text is too short: its {n_tokens:,} tokens cannot be split into a training and a validation part "
+            f"of at least block_size + 1 = {need} tokens each (what one training window needs) with "
+            f"val_fraction={val_fraction}. Use a longer text, a larger --val-fraction, or a smaller --block-size"
+        )
+    return n_train
+
+
+def _move_tail(src: Path, dst: Path, start: int) -> None:
+    """Move the bytes of `src` from `start` on into the new file `dst`, in blocks."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        f.seek(start)
+        while block := f.read(1 << 20):
+            out.write(block)
+    os.truncate(src, start)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+
+def prepare_pieces(
+    pieces: Callable[[str], Iterable[str]],
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    block_size: int = 0,
+) -> dict:
+    """Tokenize the text that `pieces(label)` yields and write `train.bin`, `val.bin`, `meta.json`.
+
+    The first (1 - val_fraction) of the tokens are the training split, the rest validation; each
+    must hold at least `block_size + 1` tokens. Nothing is kept whole in memory. On failure the
+    files written so far are removed. Returns the metadata written to `meta.json`.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    tokenizer = CharTokenizer.from_text(text)
-    dtype = token_dtype(tokenizer.vocab_size)
-    ids = np.array(tokenizer.encode(text), dtype=dtype)
-    n_train = int(len(ids) * (1 - val_fraction))
-    if n_train < 1 or n_train >= len(ids):
-        raise ValueError(
-            f"a text of {len(ids)} characters cannot be split into non-empty train and validation parts "
-            f"with val_fraction={val_fraction}; use a longer text"
-        )
-    meta = {
-        "format": PREPARED_FORMAT,
-        "version": PREPARED_VERSION,
-        "dtype": dtype.name,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer": tokenizer.to_dict(),
-        "train_tokens": n_train,
-        "val_tokens": len(ids) - n_train,
-        "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-    }
-    out = Path(out_dir)
+    kind, _ = parse_tokenizer(tokenizer)
+    tok, spec, encode = fit_tokenizer(tokenizer, pieces)
+    dtype, out = token_dtype(tok.vocab_size), Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "train.bin", ids[:n_train].tobytes())
-    _write_atomic(out / "val.bin", ids[n_train:].tobytes())
-    _write_atomic(out / "meta.json", (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    tmp = {name: out / f"{name}.tmp" for name in ("train.bin", "val.bin", "meta.json")}
+    text = pieces("encoding")
+    try:
+        n, sha = _write_tokens(text if kind == "char" else safe_pieces(text), encode, dtype, tmp["train.bin"])
+        n_train = _split_point(n, val_fraction, block_size)
+        _move_tail(tmp["train.bin"], tmp["val.bin"], n_train * dtype.itemsize)
+        meta = {
+            "format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name,
+            "vocab_size": tok.vocab_size, "tokenizer": spec, "train_tokens": n_train,
+            "val_tokens": n - n_train, "source_sha256": sha,
+        }
+        _write_json(tmp["meta.json"], meta)
+        (out / "meta.json").unlink(missing_ok=True)  # the folder is no dataset until the last rename
+        for name, path in tmp.items():
+            os.replace(path, out / name)
+    except BaseException as e:
+        getattr(text, "close", lambda: None)()  # ends the progress bar before the error is shown
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(
+                f"no space left on the device while writing {out}; the partial files were removed. "
+                "Free some space, or write the dataset elsewhere (--out DIR)"
+            ) from None
+        raise
     return meta
+
+
+def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
+    """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`."""
+    def pieces(label: str) -> Iterator[str]:
+        return (text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS))
+
+    return prepare_pieces(pieces, out_dir, "char", val_fraction)
 
 
 @dataclass
@@ -334,74 +508,219 @@ def tokenizer_from_meta(meta: dict):
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind == "char":
         return CharTokenizer.from_dict(spec)
-    if kind == "bpe":
-        from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
+    if kind not in ("bpe", "tiktoken"):
+        raise ValueError(f"unknown tokenizer type {kind!r} in the metadata; known types: 'char', 'bpe', 'tiktoken'")
+    from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
 
+    if kind == "bpe":
         return bpe.BPETokenizer.from_dict(spec)
-    raise ValueError(f"unknown tokenizer type {kind!r} in the metadata; known types: 'char', 'bpe'")
+    if spec.get("name") != "gpt2":
+        raise ValueError(f"unknown tiktoken encoding {spec.get('name')!r} in the metadata; known: 'gpt2'")
+    return bpe.BPETokenizer.from_tiktoken("gpt2")
+
+
+_META_FIELDS = {"dtype": str, "vocab_size": int, "tokenizer": dict, "train_tokens": int, "val_tokens": int}
+
+
+def _read_meta(path: Path, advice: str) -> dict:
+    """meta.json, with every required field present and of the right type."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {advice}") from e
+    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
+        raise ValueError(f"{path} does not describe a '{PREPARED_FORMAT}' dataset; {advice}")
+    if meta.get("version") != PREPARED_VERSION:
+        raise ValueError(
+            f"{path} has format version {meta.get('version')!r}; this library reads version "
+            f"{PREPARED_VERSION}. Prepare the data again: {advice}"
+        )
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ValueError(f"{path}: field '{key}' is {value!r}, not a {'count' if kind is int else kind.__name__}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"{path}: field 'dtype' names {meta['dtype']!r}, not uint16 or uint32; {advice}")
+    if not 0 < meta["vocab_size"] <= np.iinfo(meta["dtype"]).max + 1:
+        raise ValueError(f"{path}: field 'vocab_size' is {meta['vocab_size']}, which {meta['dtype']} ids cannot cover")
+    return meta
+
+
+def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 << 22) -> None:
+    """Every token id in `tokens` is below `vocab_size` (read in blocks of the memory map)."""
+    for start in range(0, len(tokens), block):
+        part = tokens[start : start + block]
+        if int(part.max()) >= vocab_size:
+            at = start + int(np.argmax(part >= vocab_size))
+            raise ValueError(
+                f"{path} holds the token id {int(tokens[at])} at position {at}, but meta.json's field 'vocab_size' "
+                f"is {vocab_size}: the files do not belong together. Prepare the data again"
+            )
 
 
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
-    """Open a folder written by `prepare_char_dataset` (or `nanogpt prepare`)."""
+    """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked."""
     folder = Path(data_dir)
     advice = (
         f"run `nanogpt prepare shakespeare_char --out {folder}` for tiny Shakespeare, "
-        "or prepare_char_dataset(text, out_dir) for your own text"
+        f"or `nanogpt prepare text --source FILE_OR_FOLDER --out {folder}` for your own text"
     )
     if not folder.is_dir():
         raise FileNotFoundError(f"no prepared dataset at {folder} (the folder does not exist); {advice}")
     for fname in ("meta.json", "train.bin", "val.bin"):
         if not (folder / fname).is_file():
             raise FileNotFoundError(f"{folder / fname} is missing, so {folder} is not a prepared dataset; {advice}")
+    meta = _read_meta(folder / "meta.json", advice)
+    dtype, vocab_size = np.dtype(meta["dtype"]), meta["vocab_size"]
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({e}); {advice}") from e
-    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
-        raise ValueError(f"{folder / 'meta.json'} does not describe a '{PREPARED_FORMAT}' dataset; {advice}")
-    if meta.get("version") != PREPARED_VERSION:
+        tokenizer = tokenizer_from_meta(meta)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{folder / 'meta.json'}: field 'tokenizer': {e}") from None
+    if tokenizer.vocab_size != vocab_size:
         raise ValueError(
-            f"{folder / 'meta.json'} has format version {meta.get('version')!r}; this library reads version "
-            f"{PREPARED_VERSION}. Prepare the data again: {advice}"
+            f"{folder / 'meta.json'}: field 'vocab_size' is {vocab_size}, but the tokenizer in field 'tokenizer' "
+            f"has {tokenizer.vocab_size} tokens; {advice}"
         )
-    if meta.get("dtype") not in ("uint16", "uint32"):
-        raise ValueError(f"{folder / 'meta.json'} names dtype {meta.get('dtype')!r}, not uint16 or uint32; {advice}")
-    dtype = np.dtype(meta["dtype"])
     splits = {}
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
-        expected = meta.get(f"{split}_tokens")
+        expected = meta[f"{split}_tokens"]
         actual, rest = divmod(path.stat().st_size, dtype.itemsize)
         if expected != actual or rest or not actual:
             raise ValueError(
-                f"{path} holds {path.stat().st_size} bytes, but meta.json promises {expected} {dtype.name} tokens "
-                f"({(expected or 0) * dtype.itemsize} bytes): the file is truncated or from another preparation. "
-                f"Prepare the data again: {advice}"
+                f"{path} holds {path.stat().st_size} bytes, but meta.json's field '{split}_tokens' promises "
+                f"{expected} {dtype.name} tokens ({expected * dtype.itemsize} bytes): the file is truncated or from "
+                f"another preparation. Prepare the data again: {advice}"
             )
         splits[split] = np.memmap(path, dtype=dtype, mode="r")
-    tokenizer = tokenizer_from_meta(meta)
-    return PreparedData(splits["train"], splits["val"], meta, tokenizer, int(meta["vocab_size"]))
+        _check_ids(path, splits[split], vocab_size)
+    return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
 
 
-PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare"}  # prepared name -> text dataset
+def _is_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def text_files(source: str | os.PathLike) -> tuple[list[Path], int]:
+    """The text files of `source` (a file, or a folder searched recursively) and the number of binary files skipped.
+
+    In a folder, files are taken in the sorted order of their relative paths; names starting with
+    "." are left out; a file with a NUL byte in its first 8 KiB is binary.
+    """
+    src = Path(source)
+    if src.is_file():
+        if _is_binary(src):
+            raise TextSourceError(f"{src} is a binary file (it holds NUL bytes), not text; pass UTF-8 text files")
+        return [src], 0
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} does not exist; pass --source a UTF-8 text file or a folder of them")
+    files, skipped = [], 0
+    for path in sorted(src.rglob("*"), key=lambda p: p.relative_to(src).parts):
+        if any(part.startswith(".") for part in path.relative_to(src).parts) or not path.is_file():
+            continue
+        if _is_binary(path):
+            skipped += 1
+        else:
+            files.append(path)
+    if not files:
+        raise TextSourceError(f"{src} holds no text files ({skipped} binary file(s) skipped); pass UTF-8 text files")
+    return files, skipped
+
+
+def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress=None) -> Iterator[str]:
+    """The text of `files` strictly decoded as UTF-8, in pieces of at most `piece_bytes` bytes.
+
+    Files are joined with a newline where one does not already end in one. `progress`, a tqdm
+    bar, is advanced by the bytes read. Bytes that are not UTF-8 raise TextSourceError.
+    """
+    ends_line = True
+    for path in files:
+        separate = not ends_line  # a newline goes before this file's text, if it has any
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(piece_bytes)
+                held = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
+                try:
+                    piece = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as e:
+                    raise TextSourceError(
+                        f"{path} is not UTF-8 text: the byte 0x{e.object[e.start]:02x} at byte offset "
+                        f"{offset - held + e.start} starts no valid character. Convert the file to UTF-8 first, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path} > converted.txt` for Latin-1 text (cp1252 for "
+                        "Windows text), or leave it out of --source"
+                    ) from None
+                offset += len(data)
+                if progress is not None:
+                    progress.update(len(data))
+                if piece:
+                    ends_line = piece.endswith("\n")
+                    yield "\n" + piece if separate else piece
+                    separate = False
+                if not data:
+                    break
+
+
+def prepare_text(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    block_size: int = 64,
+    progress: bool = False,
+) -> dict:
+    """Prepare any UTF-8 text: the file `source`, or every text file of the folder `source`.
+
+    `tokenizer` is "char", "gpt2" or "bpe:N"; both splits must hold `block_size + 1` tokens.
+    `progress` shows a bar (tqdm, on stderr) for each pass over the text. Returns the metadata
+    written to meta.json, with `out_dir`, `files` (read) and `binary_skipped` added.
+    """
+    from tqdm.auto import tqdm
+
+    files, skipped = text_files(source)
+    total = sum(p.stat().st_size for p in files)
+    if total == 0:
+        raise TextSourceError(f"{source} is empty: there is no text to prepare")
+
+    def pieces(label: str) -> Iterator[str]:
+        with tqdm(total=total, desc=label, unit="B", unit_scale=True, file=sys.stderr, disable=not progress) as bar:
+            yield from read_text_pieces(files, progress=bar)
+
+    meta = prepare_pieces(pieces, out_dir, tokenizer, val_fraction, block_size)
+    return {**meta, "out_dir": str(out_dir), "files": len(files), "binary_skipped": skipped}
+
+
+PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare", "shakespeare": "tinyshakespeare"}
 
 
 def prepare_dataset(
     name: str,
     source: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike = "data",
+    data_dir: str | os.PathLike | None = None,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    progress: bool = False,
 ) -> dict:
-    """Fetch (or verify the local copy `source` of) a dataset, tokenize it, and write it to `out_dir`.
+    """Fetch (or verify the local copy `source` of) a named dataset, tokenize it, and write it to `out_dir`.
 
-    `out_dir` defaults to `data_dir/<name>`. The text is verified before anything is written, so a
-    wrong checksum leaves no files behind. Returns the metadata, with `out_dir` added.
+    `out_dir` defaults to `data_dir/<name>` (`shakespeare_<tokenizer>` for "shakespeare", e.g.
+    `shakespeare_bpe512`); `data_dir` to `data_home()`. The text is verified before anything is
+    written, so a wrong checksum leaves no files behind. Returns what `prepare_text` returns.
     """
     if name not in PREPARED_DATASETS:
-        raise ValueError(f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}")
-    text = load_text(PREPARED_DATASETS[name], source=source, data_dir=data_dir)
-    out = Path(out_dir) if out_dir is not None else Path(data_dir) / name
-    return {**prepare_char_dataset(text, out), "out_dir": str(out)}
+        raise ValueError(
+            f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}. "
+            "For your own text use `nanogpt prepare text --source FILE_OR_FOLDER --out DIR`"
+        )
+    kind, size = parse_tokenizer(tokenizer)
+    if name.endswith("_char") and kind != "char":
+        raise ValueError(f"{name} is tokenized by characters; for --tokenizer {tokenizer} prepare 'shakespeare'")
+    path = dataset_path(PREPARED_DATASETS[name], source=source, data_dir=data_dir)
+    default = name if name.endswith("_char") else f"{name}_{kind}{size or ''}"
+    out = Path(out_dir) if out_dir is not None else (Path(data_dir) if data_dir is not None else data_home()) / default
+    return prepare_text(path, out, tokenizer, val_fraction, progress=progress)
 
 
 def get_batch(
