@@ -762,3 +762,23 @@ def test_a_bpe_pattern_from_meta_json_is_never_compiled_unchecked(tmp_path, monk
     with pytest.raises(ValueError, match="meta.json: field 'tokenizer': field 'pattern'.*not one of the known"):
         load_prepared(tmp_path)
     assert compiled == []
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bpe:300"])
+def test_bpe_datasets_train_and_sample_with_no_further_flags(tmp_path, capsys, tokenizer):
+    from nanogpt_lib.bpe import BPETokenizer
+    from nanogpt_lib.train import load_checkpoint
+
+    (tmp_path / "t.txt").write_text(TEXT * 5)
+    data_dir, run = tmp_path / "prepared", tmp_path / "run"
+    argv = ["prepare", "text", "--source", str(tmp_path / "t.txt"), "--out", str(data_dir), "--block-size", "8"]
+    assert cli.main([*argv, "--tokenizer", tokenizer, "--quiet"]) == 0
+    small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "8", "--batch-size", "2"]
+    steps = ["--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--device", "cpu"]
+    assert cli.main(["train", "--data", str(data_dir), "--out", str(run), *small, *steps]) == 0
+    model, tok, _ = load_checkpoint(run)
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == load_prepared(data_dir).vocab_size
+    assert model.config.vocab_size == tok.vocab_size
+    capsys.readouterr()
+    assert cli.main(["sample", "--ckpt", str(run), "--prompt", "Speak,", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("Speak,")
