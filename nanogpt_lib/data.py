@@ -5,31 +5,17 @@
 from __future__ import annotations
 
 __all__ = [
-    "DownloadError",
-    "sha256_of",
-    "download",
-    "Dataset",
-    "DATASETS",
-    "dataset_env_var",
-    "data_home",
-    "dataset_path",
-    "load_text",
     "CharTokenizer",
     "PREPARED_FORMAT",
     "PREPARED_VERSION",
-    "PIECE_CHARS",
-    "TextSourceError",
     "token_dtype",
     "parse_tokenizer",
     "fit_tokenizer",
-    "safe_pieces",
     "prepare_pieces",
     "prepare_char_dataset",
     "PreparedData",
     "tokenizer_from_meta",
     "load_prepared",
-    "text_files",
-    "read_text_pieces",
     "prepare_text",
     "PREPARED_DATASETS",
     "prepare_dataset",
@@ -38,164 +24,35 @@ __all__ = [
 ]
 
 
-import hashlib
-import os
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-
-class DownloadError(RuntimeError):
-    """A dataset file could not be fetched or did not match its checksum."""
-
-
-def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30.0) -> Path:
-    """Fetch `url` into `dest` unless a file with the right checksum is already there.
-
-    The bytes are hashed as they arrive and written to a temporary file that is renamed into
-    place only when the checksum matches, so `dest` is never left half-written or wrong.
-    """
-    dest = Path(dest)
-    if dest.exists():
-        actual = sha256_of(dest)
-        if actual != sha256:
-            raise DownloadError(
-                f"{dest} exists but its sha256 is {actual}, not the expected {sha256}. "
-                f"It is not the file from {url}: move it away and run again to download a fresh copy."
-            )
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                h.update(chunk)
-                f.write(chunk)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(
-            f"could not download {url} ({e}). Without a network, fetch the file elsewhere and put it at "
-            f"{dest.resolve()} (its sha256 must be {sha256})."
-        ) from e
-    if h.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(
-            f"the file downloaded from {url} has sha256 {h.hexdigest()}, not the expected {sha256}; "
-            f"it was discarded. The source may have changed: check the URL, or put a verified copy at {dest.resolve()}."
-        )
-    os.replace(tmp, dest)
-    return dest
-
-
 
 import json
 import operator
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """A text dataset: where to fetch it, and the checksum that identifies it."""
-
-    name: str
-    url: str
-    filename: str
-    sha256: str
-    size: int  # bytes
-
-
-DATASETS: dict[str, Dataset] = {
-    "tinyshakespeare": Dataset(
-        name="tinyshakespeare",
-        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        filename="input.txt",
-        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        size=1_115_394,
-    ),
-}
-
-
-def dataset_env_var(name: str) -> str:
-    """The environment variable that can name a local copy of dataset `name`."""
-    return f"NANOGPT_{name.upper()}"
-
-
-def data_home() -> Path:
-    """The one folder where datasets are downloaded and prepared, whatever the working folder.
-
-    The environment variable NANOGPT_DATA_DIR, else the project's `data/` folder when the library
-    runs from a checkout (it holds data/README.md), else `~/.cache/nanogpt` ($XDG_CACHE_HOME).
-    """
-    import nanogpt_lib
-
-    if os.environ.get("NANOGPT_DATA_DIR", "").strip():
-        return Path(os.environ["NANOGPT_DATA_DIR"]).expanduser().resolve()
-    checkout = Path(nanogpt_lib.__file__).resolve().parent.parent / "data"
-    if (checkout / "README.md").is_file():
-        return checkout
-    return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "nanogpt"
-
-
-def dataset_path(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
-) -> Path:
-    """The verified file of dataset `name`.
-
-    `source`, else the environment variable NANOGPT_<NAME>, names a local copy: it is checked
-    against the dataset's sha256 and returned as it is (never modified, no network). Otherwise
-    the file is downloaded into `data_dir/<name>/` (default: `data_home()`), or found there.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    ds, env, origin = DATASETS[name], dataset_env_var(name), "argument source"
-    folder = (Path(data_dir) if data_dir is not None else data_home()) / name
-    if source is None and os.environ.get(env, "").strip():
-        source, origin = os.environ[env], f"environment variable {env}"
-    if source is None:
-        try:
-            return download(ds.url, folder / ds.filename, ds.sha256)
-        except DownloadError as e:
-            raise DownloadError(
-                f"{e} Or use a copy you already have: pass it with `--source FILE` (source= in Python), "
-                f"or set the environment variable {env} to its path."
-            ) from e
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} (from {origin}) is not a file. Point it at a copy of {ds.filename} from {ds.url}, "
-            f"or leave it unset to download the file into {folder}"
-        )
-    actual = sha256_of(path)
-    if actual != ds.sha256:
-        raise DownloadError(
-            f"{path} (from {origin}) has sha256 {actual}, not the expected {ds.sha256} of {name} "
-            f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file. "
-            f"The checksum applies to the named datasets only: to train on your own text, run "
-            f"`nanogpt prepare text --source {path} --out DIR`."
-        )
-    return path
-
-
-def load_text(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
-) -> str:
-    """The text of dataset `name` (see `dataset_path`), decoded from UTF-8 exactly as stored."""
-    return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
+from nanogpt_lib.datasets import (  # noqa: F401 (re-exported: nanogpt_lib.data keeps offering them)
+    DATASETS,
+    PIECE_CHARS,
+    Dataset,
+    DownloadError,
+    TextSourceError,
+    data_home,
+    dataset_env_var,
+    dataset_path,
+    download,
+    load_text,
+    read_text_pieces,
+    safe_pieces,
+    sha256_of,
+    text_files,
+    write_prepared,
+)
 
 
 class CharTokenizer:
@@ -300,8 +157,6 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
-import codecs
-import errno
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -310,11 +165,6 @@ import regex
 
 PREPARED_FORMAT = "nanogpt-tokens"
 PREPARED_VERSION = 1
-PIECE_CHARS = 1 << 18  # how much text is decoded, encoded and written at a time
-
-
-class TextSourceError(ValueError):
-    """Text that cannot be prepared: not UTF-8, binary, empty, or too short to train on."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -375,64 +225,6 @@ def fit_tokenizer(spec: str, pieces: Callable[[str], Iterable[str]]) -> tuple[ob
     return tokenizer, tokenizer.to_dict(), tokenizer.encode_ordinary
 
 
-_SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")  # searched from the end: the last safe point
-
-
-def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
-    """The same text, re-cut only where a BPE split pattern (GPT-2's, cl100k's) never joins two chunks,
-    so that encoding the pieces one by one gives exactly the tokens of the whole text."""
-    carry = ""
-    for piece in pieces:
-        text = carry + piece
-        found = _SAFE_CUT.search(text)
-        cut = found.start() if found else 0
-        if cut:
-            yield text[:cut]
-        carry = text[cut:]
-    if carry:
-        yield carry
-
-
-def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
-    """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
-    digest, count = hashlib.sha256(), 0
-    with open(path, "wb") as f:
-        for piece in pieces:
-            digest.update(piece.encode("utf-8"))
-            ids = np.asarray(encode(piece)).astype(dtype, copy=False)
-            f.write(ids.tobytes())
-            count += len(ids)
-    return count, digest.hexdigest()
-
-
-def _split_point(n_tokens: int, val_fraction: float, block_size: int) -> int:
-    n_train = int(n_tokens * (1 - val_fraction))
-    need = block_size + 1
-    if n_tokens == 0:
-        raise TextSourceError("the text is empty: there is nothing to prepare")
-    if min(n_train, n_tokens - n_train) < need:
-        raise TextSourceError(
-            f"the text is too short: its {n_tokens:,} tokens cannot be split into a training and a validation part "
-            f"of at least block_size + 1 = {need} tokens each (what one training window needs) with "
-            f"val_fraction={val_fraction}. Use a longer text, a larger --val-fraction, or a smaller --block-size"
-        )
-    return n_train
-
-
-def _move_tail(src: Path, dst: Path, start: int) -> None:
-    """Move the bytes of `src` from `start` on into the new file `dst`, in blocks."""
-    with open(src, "rb") as f, open(dst, "wb") as out:
-        f.seek(start)
-        while block := f.read(1 << 20):
-            out.write(block)
-    os.truncate(src, start)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
-
-
 def prepare_pieces(
     pieces: Callable[[str], Iterable[str]],
     out_dir: str | os.PathLike,
@@ -443,48 +235,27 @@ def prepare_pieces(
     """Tokenize the text that `pieces(label)` yields and write `train.bin`, `val.bin`, `meta.json`.
 
     The first (1 - val_fraction) of the tokens are the training split, the rest validation; each
-    must hold at least `block_size + 1` tokens. Nothing is kept whole in memory. On failure the
-    files written so far are removed. Returns the metadata written to `meta.json`.
+    must hold at least `block_size + 1` tokens. Nothing is kept whole in memory; on failure the
+    files written so far are removed (`write_prepared`). Returns the metadata written to `meta.json`.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     kind, _ = parse_tokenizer(tokenizer)
     tok, spec, encode = fit_tokenizer(tokenizer, pieces)
-    dtype, out = token_dtype(tok.vocab_size), Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = {name: out / f"{name}.tmp" for name in ("train.bin", "val.bin", "meta.json")}
+    dtype = token_dtype(tok.vocab_size)
+    head = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name}
+    head.update(vocab_size=tok.vocab_size, tokenizer=spec)
     text = pieces("encoding")
     try:
-        n, sha = _write_tokens(text if kind == "char" else safe_pieces(text), encode, dtype, tmp["train.bin"])
-        n_train = _split_point(n, val_fraction, block_size)
-        _move_tail(tmp["train.bin"], tmp["val.bin"], n_train * dtype.itemsize)
-        meta = {
-            "format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name,
-            "vocab_size": tok.vocab_size, "tokenizer": spec, "train_tokens": n_train,
-            "val_tokens": n - n_train, "source_sha256": sha,
-        }
-        _write_json(tmp["meta.json"], meta)
-        (out / "meta.json").unlink(missing_ok=True)  # the folder is no dataset until the last rename
-        for name, path in tmp.items():
-            os.replace(path, out / name)
-    except BaseException as e:
-        getattr(text, "close", lambda: None)()  # ends the progress bar before the error is shown
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OSError(
-                f"no space left on the device while writing {out}; the partial files were removed. "
-                "Free some space, or write the dataset elsewhere (--out DIR)"
-            ) from None
-        raise
-    return meta
+        tokens_of = text if kind == "char" else safe_pieces(text)  # BPE: cut only where the pattern allows
+        return write_prepared(out_dir, tokens_of, encode, dtype, head, val_fraction, block_size)
+    finally:
+        getattr(text, "close", lambda: None)()  # ends a progress bar before any error is shown
 
 
 def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
     """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`."""
+
     def pieces(label: str) -> Iterator[str]:
         return (text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS))
 
@@ -595,71 +366,6 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
         splits[split] = np.memmap(path, dtype=dtype, mode="r")
         _check_ids(path, splits[split], vocab_size)
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
-
-
-def _is_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\0" in f.read(8192)
-
-
-def text_files(source: str | os.PathLike) -> tuple[list[Path], int]:
-    """The text files of `source` (a file, or a folder searched recursively) and the number of binary files skipped.
-
-    In a folder, files are taken in the sorted order of their relative paths; names starting with
-    "." are left out; a file with a NUL byte in its first 8 KiB is binary.
-    """
-    src = Path(source)
-    if src.is_file():
-        if _is_binary(src):
-            raise TextSourceError(f"{src} is a binary file (it holds NUL bytes), not text; pass UTF-8 text files")
-        return [src], 0
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} does not exist; pass --source a UTF-8 text file or a folder of them")
-    files, skipped = [], 0
-    for path in sorted(src.rglob("*"), key=lambda p: p.relative_to(src).parts):
-        if any(part.startswith(".") for part in path.relative_to(src).parts) or not path.is_file():
-            continue
-        if _is_binary(path):
-            skipped += 1
-        else:
-            files.append(path)
-    if not files:
-        raise TextSourceError(f"{src} holds no text files ({skipped} binary file(s) skipped); pass UTF-8 text files")
-    return files, skipped
-
-
-def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress=None) -> Iterator[str]:
-    """The text of `files` strictly decoded as UTF-8, in pieces of at most `piece_bytes` bytes.
-
-    Files are joined with a newline where one does not already end in one. `progress`, a tqdm
-    bar, is advanced by the bytes read. Bytes that are not UTF-8 raise TextSourceError.
-    """
-    ends_line = True
-    for path in files:
-        separate = not ends_line  # a newline goes before this file's text, if it has any
-        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
-        with open(path, "rb") as f:
-            while True:
-                data = f.read(piece_bytes)
-                held = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
-                try:
-                    piece = decoder.decode(data, final=not data)
-                except UnicodeDecodeError as e:
-                    raise TextSourceError(
-                        f"{path} is not UTF-8 text: the byte 0x{e.object[e.start]:02x} at byte offset "
-                        f"{offset - held + e.start} starts no valid character. Convert the file to UTF-8 first, "
-                        f"e.g. `iconv -f latin1 -t utf-8 {path} > converted.txt` for Latin-1 text (cp1252 for "
-                        "Windows text), or leave it out of --source"
-                    ) from None
-                offset += len(data)
-                if progress is not None:
-                    progress.update(len(data))
-                if piece:
-                    ends_line = piece.endswith("\n")
-                    yield "\n" + piece if separate else piece
-                    separate = False
-                if not data:
-                    break
 
 
 def prepare_text(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanogpt_lib import cli, data
+from nanogpt_lib import cli, data, datasets
 from nanogpt_lib.data import (
     DATASETS,
     BigramLanguageModel,
@@ -678,7 +678,7 @@ def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_files(tmp_path, mon
         f = real_open(path, mode, *args, **kwargs)
         return Full(f) if Path(path).name == failing and "w" in mode else f
 
-    monkeypatch.setattr(data, "open", fake_open, raising=False)
+    monkeypatch.setattr(datasets, "open", fake_open, raising=False)
     assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--block-size", "8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("nanogpt prepare: error: no space left on the device while writing")
