@@ -72,12 +72,16 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
+    h, received = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            promised = response.headers.get("Content-Length")
             while chunk := response.read(1 << 20):
                 h.update(chunk)
                 f.write(chunk)
+                received += len(chunk)
+            if promised is not None and promised.isdigit() and received < int(promised):
+                raise OSError(f"the connection closed after {received:,} of {int(promised):,} bytes; run again")
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
         raise DownloadError(
