@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanogpt_lib import cli, data, datasets
 from nanogpt_lib.data import (
@@ -644,7 +646,7 @@ def test_preparing_a_large_text_streams_with_bounded_memory(tmp_path):
     assert meta["train_tokens"] + meta["val_tokens"] == 200_000 * len(f"{0:07d} {line}")
     assert peak < size / 4, f"peak {peak:,} bytes while preparing a {size:,}-byte text"
     p = load_prepared(tmp_path / "out")
-    assert p.tokenizer.decode(p.train[:13]) == "0000000  !\"#$" and p.tokenizer.decode(p.val[-30:]) == f"{line}"[-30:]
+    assert p.tokenizer.decode(p.train[:13]) == '0000000  !"#$' and p.tokenizer.decode(p.val[-30:]) == f"{line}"[-30:]
     assert p.tokenizer.decode(p.val[-(len(line) + 8) :]) == f"0199999 {line}"
 
 
@@ -782,3 +784,26 @@ def test_bpe_datasets_train_and_sample_with_no_further_flags(tmp_path, capsys, t
     capsys.readouterr()
     assert cli.main(["sample", "--ckpt", str(run), "--prompt", "Speak,", "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("Speak,")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab Z\n\r\t'.1é😀\u00a0", min_size=0, max_size=300),
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from(["gpt2", "cl100k"]),
+)
+def test_safe_pieces_never_change_the_chunks(text, size, pattern):
+    pieces = list(data.safe_pieces(_pieces(text, size)))
+    assert "".join(pieces) == text
+    assert _chunks(pattern, pieces) == _chunks(pattern, [text])
+
+
+def test_cli_val_fraction_and_block_size(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("abcdefghij" * 10)
+    out = tmp_path / "out"
+    argv = ["prepare", "text", "--source", str(tmp_path / "t.txt"), "--out", str(out), "--quiet"]
+    assert cli.main([*argv, "--val-fraction", "0.25", "--block-size", "20"]) == 0
+    assert (load_prepared(out).meta["train_tokens"], load_prepared(out).meta["val_tokens"]) == (75, 25)
+    assert cli.main([*argv, "--val-fraction", "0.25", "--block-size", "30"]) == 1
+    assert "too short" in capsys.readouterr().err
+    assert load_prepared(out).meta["val_tokens"] == 25, "a refused preparation leaves the previous dataset intact"
