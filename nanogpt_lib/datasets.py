@@ -206,7 +206,10 @@ def text_files(source: str | os.PathLike) -> tuple[list[Path], int]:
     src = Path(source)
     if src.is_file():
         if _is_binary(src):
-            raise TextSourceError(f"{src} is a binary file (it holds NUL bytes), not text; pass UTF-8 text files")
+            raise TextSourceError(
+                f"{src} is a binary file (it holds NUL bytes), not text; pass UTF-8 text files. If it is "
+                f"UTF-16 text (Windows editors write it), convert it: `iconv -f utf-16 -t utf-8 {src} > converted.txt`"
+            )
         return [src], 0
     if not src.is_dir():
         raise FileNotFoundError(f"{src} does not exist; pass --source a UTF-8 text file or a folder of them")

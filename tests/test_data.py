@@ -524,6 +524,9 @@ def test_binary_empty_and_too_short_inputs_are_clear_errors(tmp_path):
     (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     with pytest.raises(data.TextSourceError, match="img.png is a binary file"):
         data.prepare_text(tmp_path / "img.png", tmp_path / "out")
+    (tmp_path / "utf16.txt").write_text("To be, or not to be", encoding="utf-16")
+    with pytest.raises(data.TextSourceError, match="utf16.txt is a binary file.*iconv -f utf-16 -t utf-8"):
+        data.prepare_text(tmp_path / "utf16.txt", tmp_path / "out")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(data.TextSourceError, match="empty"):
         data.prepare_text(tmp_path / "empty.txt", tmp_path / "out")
