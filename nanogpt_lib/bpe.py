@@ -168,7 +168,7 @@ def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[
 
 
 FORMAT = "nanogpt-bpe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 was a line-based text format; 2 is JSON, the same dict as to_dict
 _CACHE_LIMIT = 200_000  # distinct chunks remembered per tokenizer
 
 
@@ -264,14 +264,31 @@ class BPETokenizer:
         chunks: Counter[str] = Counter()
         for piece in pieces:
             chunks.update(split.findall(piece))
+        return cls.train_from_chunks(chunks, vocab_size, pattern, special_tokens, _stacklevel=3)
+
+    @classmethod
+    def train_from_chunks(
+        cls,
+        chunk_counts: Mapping[str, int],
+        vocab_size: int,
+        pattern: str = "gpt2",
+        special_tokens: Iterable[str] = (),
+        _stacklevel: int = 2,
+    ) -> BPETokenizer:
+        """Like `train`, from the counts of the text's chunks under `pattern` (counted piece by piece
+        for a text too large to hold: `regex.findall(split_pattern(pattern), piece)`)."""
+        special_tokens = list(dict.fromkeys(special_tokens))
+        smallest = N_BYTES + len(special_tokens)
+        if not isinstance(vocab_size, int) or vocab_size < smallest:
+            raise ValueError(f"vocab_size={vocab_size!r} is too small: it must be at least {smallest}")
         num_merges = vocab_size - smallest
-        merges = train_merges({c.encode("utf-8"): n for c, n in chunks.items()}, num_merges)
+        merges = train_merges({c.encode("utf-8"): n for c, n in chunk_counts.items()}, num_merges)
         if len(merges) < num_merges:
             reached = smallest + len(merges)
             warnings.warn(
                 f"the text ran out of pairs to merge after {len(merges)} merges: the vocabulary has {reached} "
                 f"tokens, not the {vocab_size} asked for. Train on more text or ask for vocab_size <= {reached}",
-                stacklevel=2,
+                stacklevel=_stacklevel,
             )
         first_special = N_BYTES + len(merges)
         return cls(merges, pattern, {s: first_special + j for j, s in enumerate(special_tokens)})
@@ -297,9 +314,11 @@ class BPETokenizer:
         return cls(merges, enc._pat_str, enc._special_tokens, byte_order)
 
     def to_dict(self) -> dict:
-        """A JSON-ready description of this tokenizer (what `from_dict` reads)."""
+        """A JSON-ready description of this tokenizer: what `from_dict` reads and `save` writes."""
         return {
             "type": "bpe",
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
             "pattern": self.pattern,
             "byte_order": list(self.byte_order),
             "special_tokens": dict(self.special_tokens),
@@ -308,72 +327,53 @@ class BPETokenizer:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> BPETokenizer:
-        """The tokenizer that `to_dict` described."""
-        if d.get("type") != "bpe" or "merges" not in d or "pattern" not in d:
+        """The tokenizer that `to_dict` described; every field is checked, the pattern against the known ones."""
+        if not isinstance(d, Mapping) or d.get("type") != "bpe" or "merges" not in d or "pattern" not in d:
+            got = d.get("type") if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(
-                f"not a BPE tokenizer description: expected type 'bpe' (got {d.get('type')!r}) with 'merges' and "
+                f"not a BPE tokenizer description: expected type 'bpe' (got {got!r}) with 'merges' and "
                 "'pattern', as written by BPETokenizer.to_dict"
             )
-        byte_order = None if d.get("byte_order") is None else bytes(d["byte_order"])
-        return cls(d["merges"], d["pattern"], d.get("special_tokens"), byte_order)
+        if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"field 'version': {d['version']!r}; this library reads version {FORMAT_VERSION}")
+        pattern = d["pattern"]
+        if pattern not in SPLIT_PATTERNS and pattern not in SPLIT_PATTERNS.values():
+            raise ValueError(
+                f"field 'pattern': {str(pattern)[:80]!r} is not one of the known split patterns "
+                f"({', '.join(SPLIT_PATTERNS)}). A regular expression read from a file is never compiled unchecked "
+                "(a crafted one can run for hours); build the tokenizer in code if you trust the pattern"
+            )
+        merges, special, order = d["merges"], d.get("special_tokens") or {}, d.get("byte_order")
+        if not isinstance(merges, list) or not all(
+            isinstance(m, list) and len(m) == 2 and all(type(i) is int for i in m) for m in merges
+        ):
+            raise ValueError("field 'merges': expected a list of [left id, right id] pairs of integers")
+        if not isinstance(special, Mapping) or not all(type(i) is int for i in special.values()):
+            raise ValueError("field 'special_tokens': expected an object mapping strings to integer ids")
+        if order is not None and not (isinstance(order, list) and all(type(b) is int and 0 <= b < 256 for b in order)):
+            raise ValueError("field 'byte_order': expected a list of the 256 byte values")
+        return cls(merges, pattern, special, None if order is None else bytes(order))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer to `path` in the text format `nanogpt-bpe 1` (see `load`)."""
-        identity = self.byte_order == bytes(range(N_BYTES))
-        lines = [
-            f"{FORMAT} {FORMAT_VERSION}",
-            f"pattern {json.dumps(self.pattern)}",
-            "bytes identity" if identity else "bytes " + " ".join(map(str, self.byte_order)),
-            *(f"special {json.dumps(s)} {i}" for s, i in self.special_tokens.items()),
-            f"merges {len(self.merges)}",
-            *(f"{a} {b}" for a, b in self.merges),
-        ]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        """Write `to_dict()` to `path` as JSON, one merge per line (what `load` reads)."""
+        d = self.to_dict()
+        merges = d.pop("merges")
+        head = json.dumps(d, ensure_ascii=False)[:-1]
+        body = ",\n".join(f"[{a}, {b}]" for a, b in merges)
+        Path(path).write_text(f'{head},\n"merges": [\n{body}\n]}}\n', encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Read a tokenizer that `save` wrote.
-
-        The format, one item per line: `nanogpt-bpe 1`; `pattern <JSON string>`; `bytes identity`
-        or `bytes` and the 256 byte values of ids 0..255; any number of `special <JSON string> <id>`;
-        `merges <count>`; then `<left id> <right id>` for each merge, in order.
-        """
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        """Read a tokenizer that `save` wrote; a file that is not one is a ValueError naming the field."""
         hint = "is this a file written by BPETokenizer.save?"
-        n = 0  # the line being read
         try:
-            if lines[0] != f"{FORMAT} {FORMAT_VERSION}":
-                raise ValueError(f"expected the header '{FORMAT} {FORMAT_VERSION}'")
-            n, (key, _, value) = 1, lines[1].partition(" ")
-            if key != "pattern":
-                raise ValueError("expected `pattern <JSON string>`")
-            pattern = json.loads(value)
-            n, (key, _, value) = 2, lines[2].partition(" ")
-            if key != "bytes":
-                raise ValueError("expected `bytes identity` or `bytes` and 256 numbers")
-            byte_order = None if value == "identity" else bytes(int(v) for v in value.split())
-            n, special = 3, {}
-            while lines[n].startswith("special "):
-                name, _, token_id = lines[n][len("special ") :].rpartition(" ")
-                special[json.loads(name)] = int(token_id)
-                n += 1
-            key, _, count = lines[n].partition(" ")
-            if key != "merges" or not count.isdigit():
-                raise ValueError("expected `merges <count>`")
-            if len(lines) - n - 1 != int(count):
-                raise ValueError(f"announces {count} merges but {len(lines) - n - 1} lines follow")
-            merges, first = [], n + 1
-            for n in range(first, len(lines)):  # noqa: B020 (n names the line being read, for the error)
-                parts = lines[n].split()
-                if len(parts) != 2:
-                    raise ValueError(f"expected two token ids, got {lines[n]!r}")
-                merges.append((int(parts[0]), int(parts[1])))
-        except IndexError:
-            raise ValueError(f"{path}: the file ends early, after {len(lines)} lines; {hint}") from None
-        except ValueError as e:
-            raise ValueError(f"{path}, line {n + 1}: {e}; {hint}") from None
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a JSON file ({e}); {hint}") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{path}: expected a JSON object with \"format\": \"{FORMAT}\"; {hint}")
         try:
-            return cls(merges, pattern, special, byte_order)
+            return cls.from_dict(d)
         except ValueError as e:
             raise ValueError(f"{path}: {e}; {hint}") from None
 

@@ -14,22 +14,53 @@ from nanogpt_lib import __version__
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from nanogpt_lib.data import prepare_dataset
+    from nanogpt_lib.data import prepare_dataset, prepare_text
 
-    meta = prepare_dataset(args.name, source=args.source, out_dir=args.out, data_dir=args.data_dir)
+    options = dict(tokenizer=args.tokenizer, val_fraction=args.val_fraction, progress=not args.quiet)
+    if args.name == "text":
+        if not args.source or not args.out:
+            raise ValueError("`nanogpt prepare text` needs --source FILE_OR_FOLDER (your UTF-8 text) and --out DIR")
+        meta = prepare_text(args.source, args.out, block_size=args.block_size, **options)
+    else:
+        meta = prepare_dataset(args.name, source=args.source, out_dir=args.out, data_dir=args.data_dir, **options)
+    skipped = f"; {meta['binary_skipped']} binary file(s) skipped" if meta.get("binary_skipped") else ""
     print(
         f"wrote {meta['out_dir']}: train.bin ({meta['train_tokens']:,} tokens), val.bin ({meta['val_tokens']:,} "
-        f"tokens) as {meta['dtype']}, and meta.json (vocabulary of {meta['vocab_size']})"
+        f"tokens) as {meta['dtype']}, and meta.json (vocabulary of {meta['vocab_size']}); "
+        f"read {meta.get('files', 1)} file(s){skipped}"
     )
     return 0
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="download (or verify) a dataset and write its tokenized splits")
-    p.add_argument("name", choices=["shakespeare_char"], help="the prepared dataset to write")
-    p.add_argument("--source", metavar="FILE", help="a local copy of the text to use instead of downloading")
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize a dataset, or your own text, into train/val splits for `nanogpt train`",
+        description="Write train.bin, val.bin and meta.json. `nanogpt prepare text --source FILE_OR_FOLDER --out DIR` "
+        "prepares any UTF-8 text: one file, or every text file in a folder and its subfolders (binary and hidden "
+        "files skipped). `shakespeare_char` and `shakespeare` download (or verify) tiny Shakespeare.",
+    )
+    p.add_argument("name", choices=["shakespeare_char", "shakespeare", "text"], help="what to prepare")
+    p.add_argument(
+        "--source", metavar="FILE", help="for text: your file or folder; else a local copy instead of downloading"
+    )
     p.add_argument("--out", metavar="DIR", help="where to write train.bin, val.bin, meta.json (default: DATA_DIR/NAME)")
-    p.add_argument("--data-dir", default="data", metavar="DIR", help="where downloads go (default: data)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where downloads go (default: NANOGPT_DATA_DIR, else the "
+        "project's data/ folder in a checkout, else ~/.cache/nanogpt)",
+    )
+    p.add_argument("--tokenizer", default="char", metavar="T", help="char, gpt2 or bpe:N (default: char)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="the validation share (default: 0.1)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="for text: the context you will train with; each split needs N + 1 tokens (default: 64)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_prepare)
 
 

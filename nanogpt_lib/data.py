@@ -5,22 +5,18 @@
 from __future__ import annotations
 
 __all__ = [
-    "DownloadError",
-    "sha256_of",
-    "download",
-    "Dataset",
-    "DATASETS",
-    "dataset_env_var",
-    "dataset_path",
-    "load_text",
     "CharTokenizer",
     "PREPARED_FORMAT",
     "PREPARED_VERSION",
     "token_dtype",
+    "parse_tokenizer",
+    "fit_tokenizer",
+    "prepare_pieces",
     "prepare_char_dataset",
     "PreparedData",
     "tokenizer_from_meta",
     "load_prepared",
+    "prepare_text",
     "PREPARED_DATASETS",
     "prepare_dataset",
     "get_batch",
@@ -28,141 +24,35 @@ __all__ = [
 ]
 
 
-import hashlib
-import os
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-
-class DownloadError(RuntimeError):
-    """A dataset file could not be fetched or did not match its checksum."""
-
-
-def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30.0) -> Path:
-    """Fetch `url` into `dest` unless a file with the right checksum is already there.
-
-    The bytes are hashed as they arrive and written to a temporary file that is renamed into
-    place only when the checksum matches, so `dest` is never left half-written or wrong.
-    """
-    dest = Path(dest)
-    if dest.exists():
-        actual = sha256_of(dest)
-        if actual != sha256:
-            raise DownloadError(
-                f"{dest} exists but its sha256 is {actual}, not the expected {sha256}. "
-                f"It is not the file from {url}: move it away and run again to download a fresh copy."
-            )
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                h.update(chunk)
-                f.write(chunk)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(
-            f"could not download {url} ({e}). Without a network, fetch the file elsewhere and put it at "
-            f"{dest.resolve()} (its sha256 must be {sha256})."
-        ) from e
-    if h.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(
-            f"the file downloaded from {url} has sha256 {h.hexdigest()}, not the expected {sha256}; "
-            f"it was discarded. The source may have changed: check the URL, or put a verified copy at {dest.resolve()}."
-        )
-    os.replace(tmp, dest)
-    return dest
-
-
 
 import json
 import operator
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """A text dataset: where to fetch it, and the checksum that identifies it."""
-
-    name: str
-    url: str
-    filename: str
-    sha256: str
-    size: int  # bytes
-
-
-DATASETS: dict[str, Dataset] = {
-    "tinyshakespeare": Dataset(
-        name="tinyshakespeare",
-        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        filename="input.txt",
-        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        size=1_115_394,
-    ),
-}
-
-
-def dataset_env_var(name: str) -> str:
-    """The environment variable that can name a local copy of dataset `name`."""
-    return f"NANOGPT_{name.upper()}"
-
-
-def dataset_path(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
-) -> Path:
-    """The verified file of dataset `name`.
-
-    `source`, else the environment variable NANOGPT_<NAME>, names a local copy: it is checked
-    against the dataset's sha256 and returned as it is (never modified, no network). Otherwise
-    the file is downloaded into `data_dir/<name>/` (or found there, already verified).
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    ds = DATASETS[name]
-    env = dataset_env_var(name)
-    origin = "argument source"
-    if source is None and os.environ.get(env, "").strip():
-        source, origin = os.environ[env], f"environment variable {env}"
-    if source is None:
-        return download(ds.url, Path(data_dir) / name / ds.filename, ds.sha256)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} (from {origin}) is not a file. Point it at a copy of {ds.filename} from {ds.url}, "
-            f"or leave it unset to download the file into {Path(data_dir) / name}"
-        )
-    actual = sha256_of(path)
-    if actual != ds.sha256:
-        raise DownloadError(
-            f"{path} (from {origin}) has sha256 {actual}, not the expected {ds.sha256} of {name} "
-            f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file."
-        )
-    return path
-
-
-def load_text(
-    name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data"
-) -> str:
-    """The text of dataset `name` (see `dataset_path`), decoded from UTF-8 exactly as stored."""
-    return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
+from nanogpt_lib.datasets import (  # noqa: F401 (re-exported: nanogpt_lib.data keeps offering them)
+    DATASETS,
+    PIECE_CHARS,
+    Dataset,
+    DownloadError,
+    TextSourceError,
+    data_home,
+    dataset_env_var,
+    dataset_path,
+    download,
+    load_text,
+    read_text_pieces,
+    safe_pieces,
+    sha256_of,
+    text_files,
+    write_prepared,
+)
 
 
 class CharTokenizer:
@@ -267,6 +157,12 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import regex
+
 PREPARED_FORMAT = "nanogpt-tokens"
 PREPARED_VERSION = 1
 
@@ -276,45 +172,94 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def parse_tokenizer(spec: str) -> tuple[str, int]:
+    """A `--tokenizer` value as (kind, size): ("char", 0), ("gpt2", 0) or ("bpe", N)."""
+    kind, _, size = str(spec).partition(":")
+    if spec in ("char", "gpt2"):
+        return spec, 0
+    if kind == "bpe" and size.isdigit() and 256 < int(size) <= 2**20:
+        return "bpe", int(size)
+    raise ValueError(
+        f"unknown tokenizer {spec!r}: use char (one token per character), gpt2 (GPT-2's 50,257 BPE tokens) "
+        "or bpe:N (a BPE vocabulary of N tokens trained on the text itself, 256 < N <= 1048576, e.g. bpe:512)"
+    )
 
 
-def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
-    """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`.
+def _char_encoder(tokenizer: CharTokenizer) -> Callable[[str], np.ndarray]:
+    # The vocabulary is sorted by code point, so a binary search maps code points to ids.
+    points = np.array([ord(c) for c in tokenizer.chars], dtype=np.uint32)
 
-    The first (1 - val_fraction) of the tokens are the training split, the rest validation.
-    Returns the metadata written to `meta.json`.
+    def encode(piece: str) -> np.ndarray:
+        return np.searchsorted(points, np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32))
+
+    return encode
+
+
+def fit_tokenizer(spec: str, pieces: Callable[[str], Iterable[str]]) -> tuple[object, dict, Callable]:
+    """The tokenizer `spec` for the text that `pieces(label)` yields (it may be read twice).
+
+    Returns the tokenizer, its description for meta.json, and a function from a piece of text to
+    its ids. "char" collects the text's characters; "bpe:N" trains N tokens with chapter 2's
+    trainer on the chunk counts; "gpt2" needs no pass over the text.
+    """
+    kind, size = parse_tokenizer(spec)
+    if kind == "char":
+        seen: set[str] = set()
+        for piece in pieces("reading"):
+            seen.update(piece)
+        if not seen:
+            raise TextSourceError("the text is empty: there is nothing to prepare")
+        tokenizer = CharTokenizer(sorted(seen))
+        return tokenizer, tokenizer.to_dict(), _char_encoder(tokenizer)
+    from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
+
+    if kind == "gpt2":
+        import tiktoken
+
+        tokenizer, encoding = bpe.BPETokenizer.from_tiktoken("gpt2"), tiktoken.get_encoding("gpt2")
+        return tokenizer, {"type": "tiktoken", "name": "gpt2"}, encoding.encode_ordinary
+    split, counts = regex.compile(bpe.GPT2_SPLIT_PATTERN), Counter()
+    for piece in safe_pieces(pieces("learning merges")):
+        counts.update(split.findall(piece))
+    tokenizer = bpe.BPETokenizer.train_from_chunks(counts, size)
+    return tokenizer, tokenizer.to_dict(), tokenizer.encode_ordinary
+
+
+def prepare_pieces(
+    pieces: Callable[[str], Iterable[str]],
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    block_size: int = 0,
+) -> dict:
+    """Tokenize the text that `pieces(label)` yields and write `train.bin`, `val.bin`, `meta.json`.
+
+    The first (1 - val_fraction) of the tokens are the training split, the rest validation; each
+    must hold at least `block_size + 1` tokens. Nothing is kept whole in memory; on failure the
+    files written so far are removed (`write_prepared`). Returns the metadata written to `meta.json`.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    tokenizer = CharTokenizer.from_text(text)
-    dtype = token_dtype(tokenizer.vocab_size)
-    ids = np.array(tokenizer.encode(text), dtype=dtype)
-    n_train = int(len(ids) * (1 - val_fraction))
-    if n_train < 1 or n_train >= len(ids):
-        raise ValueError(
-            f"a text of {len(ids)} characters cannot be split into non-empty train and validation parts "
-            f"with val_fraction={val_fraction}; use a longer text"
-        )
-    meta = {
-        "format": PREPARED_FORMAT,
-        "version": PREPARED_VERSION,
-        "dtype": dtype.name,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer": tokenizer.to_dict(),
-        "train_tokens": n_train,
-        "val_tokens": len(ids) - n_train,
-        "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "train.bin", ids[:n_train].tobytes())
-    _write_atomic(out / "val.bin", ids[n_train:].tobytes())
-    _write_atomic(out / "meta.json", (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-    return meta
+    kind, _ = parse_tokenizer(tokenizer)
+    tok, spec, encode = fit_tokenizer(tokenizer, pieces)
+    dtype = token_dtype(tok.vocab_size)
+    head = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name}
+    head.update(vocab_size=tok.vocab_size, tokenizer=spec)
+    text = pieces("encoding")
+    try:
+        tokens_of = text if kind == "char" else safe_pieces(text)  # BPE: cut only where the pattern allows
+        return write_prepared(out_dir, tokens_of, encode, dtype, head, val_fraction, block_size)
+    finally:
+        getattr(text, "close", lambda: None)()  # ends a progress bar before any error is shown
+
+
+def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
+    """Tokenize `text` by characters and write `train.bin`, `val.bin` and `meta.json` into `out_dir`."""
+
+    def pieces(label: str) -> Iterator[str]:
+        return (text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS))
+
+    return prepare_pieces(pieces, out_dir, "char", val_fraction)
 
 
 @dataclass
@@ -334,74 +279,154 @@ def tokenizer_from_meta(meta: dict):
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind == "char":
         return CharTokenizer.from_dict(spec)
-    if kind == "bpe":
-        from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
+    if kind not in ("bpe", "tiktoken"):
+        raise ValueError(f"unknown tokenizer type {kind!r} in the metadata; known types: 'char', 'bpe', 'tiktoken'")
+    from nanogpt_lib import bpe  # chapter 2's module, imported only when needed
 
+    if kind == "bpe":
         return bpe.BPETokenizer.from_dict(spec)
-    raise ValueError(f"unknown tokenizer type {kind!r} in the metadata; known types: 'char', 'bpe'")
+    if spec.get("name") != "gpt2":
+        raise ValueError(f"unknown tiktoken encoding {spec.get('name')!r} in the metadata; known: 'gpt2'")
+    return bpe.BPETokenizer.from_tiktoken("gpt2")
+
+
+_META_FIELDS = {"dtype": str, "vocab_size": int, "tokenizer": dict, "train_tokens": int, "val_tokens": int}
+
+
+def _read_meta(path: Path, advice: str) -> dict:
+    """meta.json, with every required field present and of the right type."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {advice}") from e
+    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
+        raise ValueError(f"{path} does not describe a '{PREPARED_FORMAT}' dataset; {advice}")
+    if meta.get("version") != PREPARED_VERSION:
+        raise ValueError(
+            f"{path} has format version {meta.get('version')!r}; this library reads version "
+            f"{PREPARED_VERSION}. Prepare the data again: {advice}"
+        )
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ValueError(f"{path}: field '{key}' is {value!r}, not a {'count' if kind is int else kind.__name__}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"{path}: field 'dtype' names {meta['dtype']!r}, not uint16 or uint32; {advice}")
+    if not 0 < meta["vocab_size"] <= np.iinfo(meta["dtype"]).max + 1:
+        raise ValueError(f"{path}: field 'vocab_size' is {meta['vocab_size']}, which {meta['dtype']} ids cannot cover")
+    return meta
+
+
+def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 << 22) -> None:
+    """Every token id in `tokens` is below `vocab_size` (read in blocks of the memory map)."""
+    for start in range(0, len(tokens), block):
+        part = tokens[start : start + block]
+        if int(part.max()) >= vocab_size:
+            at = start + int(np.argmax(part >= vocab_size))
+            raise ValueError(
+                f"{path} holds the token id {int(tokens[at])} at position {at}, but meta.json's field 'vocab_size' "
+                f"is {vocab_size}: the files do not belong together. Prepare the data again"
+            )
 
 
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
-    """Open a folder written by `prepare_char_dataset` (or `nanogpt prepare`)."""
+    """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked."""
     folder = Path(data_dir)
     advice = (
         f"run `nanogpt prepare shakespeare_char --out {folder}` for tiny Shakespeare, "
-        "or prepare_char_dataset(text, out_dir) for your own text"
+        f"or `nanogpt prepare text --source FILE_OR_FOLDER --out {folder}` for your own text"
     )
     if not folder.is_dir():
         raise FileNotFoundError(f"no prepared dataset at {folder} (the folder does not exist); {advice}")
     for fname in ("meta.json", "train.bin", "val.bin"):
         if not (folder / fname).is_file():
             raise FileNotFoundError(f"{folder / fname} is missing, so {folder} is not a prepared dataset; {advice}")
+    meta = _read_meta(folder / "meta.json", advice)
+    dtype, vocab_size = np.dtype(meta["dtype"]), meta["vocab_size"]
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({e}); {advice}") from e
-    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
-        raise ValueError(f"{folder / 'meta.json'} does not describe a '{PREPARED_FORMAT}' dataset; {advice}")
-    if meta.get("version") != PREPARED_VERSION:
+        tokenizer = tokenizer_from_meta(meta)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{folder / 'meta.json'}: field 'tokenizer': {e}") from None
+    if tokenizer.vocab_size != vocab_size:
         raise ValueError(
-            f"{folder / 'meta.json'} has format version {meta.get('version')!r}; this library reads version "
-            f"{PREPARED_VERSION}. Prepare the data again: {advice}"
+            f"{folder / 'meta.json'}: field 'vocab_size' is {vocab_size}, but the tokenizer in field 'tokenizer' "
+            f"has {tokenizer.vocab_size} tokens; {advice}"
         )
-    if meta.get("dtype") not in ("uint16", "uint32"):
-        raise ValueError(f"{folder / 'meta.json'} names dtype {meta.get('dtype')!r}, not uint16 or uint32; {advice}")
-    dtype = np.dtype(meta["dtype"])
     splits = {}
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
-        expected = meta.get(f"{split}_tokens")
+        expected = meta[f"{split}_tokens"]
         actual, rest = divmod(path.stat().st_size, dtype.itemsize)
         if expected != actual or rest or not actual:
             raise ValueError(
-                f"{path} holds {path.stat().st_size} bytes, but meta.json promises {expected} {dtype.name} tokens "
-                f"({(expected or 0) * dtype.itemsize} bytes): the file is truncated or from another preparation. "
-                f"Prepare the data again: {advice}"
+                f"{path} holds {path.stat().st_size} bytes, but meta.json's field '{split}_tokens' promises "
+                f"{expected} {dtype.name} tokens ({expected * dtype.itemsize} bytes): the file is truncated or from "
+                f"another preparation. Prepare the data again: {advice}"
             )
         splits[split] = np.memmap(path, dtype=dtype, mode="r")
-    tokenizer = tokenizer_from_meta(meta)
-    return PreparedData(splits["train"], splits["val"], meta, tokenizer, int(meta["vocab_size"]))
+        _check_ids(path, splits[split], vocab_size)
+    return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
 
 
-PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare"}  # prepared name -> text dataset
+def prepare_text(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    block_size: int = 64,
+    progress: bool = False,
+) -> dict:
+    """Prepare any UTF-8 text: the file `source`, or every text file of the folder `source`.
+
+    `tokenizer` is "char", "gpt2" or "bpe:N"; both splits must hold `block_size + 1` tokens.
+    `progress` shows a bar (tqdm, on stderr) for each pass over the text. Returns the metadata
+    written to meta.json, with `out_dir`, `files` (read) and `binary_skipped` added.
+    """
+    from tqdm.auto import tqdm
+
+    files, skipped = text_files(source)
+    total = sum(p.stat().st_size for p in files)
+    if total == 0:
+        raise TextSourceError(f"{source} is empty: there is no text to prepare")
+
+    def pieces(label: str) -> Iterator[str]:
+        with tqdm(total=total, desc=label, unit="B", unit_scale=True, file=sys.stderr, disable=not progress) as bar:
+            yield from read_text_pieces(files, progress=bar)
+
+    meta = prepare_pieces(pieces, out_dir, tokenizer, val_fraction, block_size)
+    return {**meta, "out_dir": str(out_dir), "files": len(files), "binary_skipped": skipped}
+
+
+PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare", "shakespeare": "tinyshakespeare"}
 
 
 def prepare_dataset(
     name: str,
     source: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike = "data",
+    data_dir: str | os.PathLike | None = None,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    progress: bool = False,
 ) -> dict:
-    """Fetch (or verify the local copy `source` of) a dataset, tokenize it, and write it to `out_dir`.
+    """Fetch (or verify the local copy `source` of) a named dataset, tokenize it, and write it to `out_dir`.
 
-    `out_dir` defaults to `data_dir/<name>`. The text is verified before anything is written, so a
-    wrong checksum leaves no files behind. Returns the metadata, with `out_dir` added.
+    `out_dir` defaults to `data_dir/<name>` (`shakespeare_<tokenizer>` for "shakespeare", e.g.
+    `shakespeare_bpe512`); `data_dir` to `data_home()`. The text is verified before anything is
+    written, so a wrong checksum leaves no files behind. Returns what `prepare_text` returns.
     """
     if name not in PREPARED_DATASETS:
-        raise ValueError(f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}")
-    text = load_text(PREPARED_DATASETS[name], source=source, data_dir=data_dir)
-    out = Path(out_dir) if out_dir is not None else Path(data_dir) / name
-    return {**prepare_char_dataset(text, out), "out_dir": str(out)}
+        raise ValueError(
+            f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}. "
+            "For your own text use `nanogpt prepare text --source FILE_OR_FOLDER --out DIR`"
+        )
+    kind, size = parse_tokenizer(tokenizer)
+    if name.endswith("_char") and kind != "char":
+        raise ValueError(f"{name} is tokenized by characters; for --tokenizer {tokenizer} prepare 'shakespeare'")
+    path = dataset_path(PREPARED_DATASETS[name], source=source, data_dir=data_dir)
+    default = name if name.endswith("_char") else f"{name}_{kind}{size or ''}"
+    out = Path(out_dir) if out_dir is not None else (Path(data_dir) if data_dir is not None else data_home()) / default
+    return prepare_text(path, out, tokenizer, val_fraction, progress=progress)
 
 
 def get_batch(

@@ -368,39 +368,64 @@ def test_from_tiktoken_unknown_encoding():
 
 def test_save_load_roundtrip(tmp_path: Path, gpt2: BPETokenizer, small: BPETokenizer, text: str):
     for name, tok in [("gpt2", gpt2), ("small", small)]:
-        path = tmp_path / f"{name}.bpe"
+        path = tmp_path / f"{name}.json"
         tok.save(path)
         back = BPETokenizer.load(path)
         assert back.merges == tok.merges and back.pattern == tok.pattern
         assert back.special_tokens == tok.special_tokens and back.byte_order == tok.byte_order
         assert back.encode(text[:20_000]) == tok.encode(text[:20_000])
         assert BPETokenizer.from_dict(tok.to_dict()).to_dict() == tok.to_dict()
-    lines = (tmp_path / "small.bpe").read_text().splitlines()
-    assert lines[:3] == ["nanogpt-bpe 1", f"pattern {json.dumps(GPT2_SPLIT_PATTERN)}", "bytes identity"]
-    assert lines[3] == 'special "<|endoftext|>" 399' and lines[4] == "merges 143"
-    assert (tmp_path / "gpt2.bpe").read_text().splitlines()[2].startswith("bytes 33 34 35")
+        assert json.loads(path.read_text(encoding="utf-8")) == tok.to_dict(), "the file is to_dict() as JSON"
+    d = json.loads((tmp_path / "small.json").read_text())
+    assert (d["format"], d["version"], d["pattern"]) == ("nanogpt-bpe", 2, GPT2_SPLIT_PATTERN)
+    assert d["special_tokens"] == {"<|endoftext|>": 399} and len(d["merges"]) == 143
+    assert d["byte_order"] == list(range(256))
+    assert json.loads((tmp_path / "gpt2.json").read_text())["byte_order"][:3] == [33, 34, 35]
+    a, b = gpt2.merges[0]
+    assert (tmp_path / "gpt2.json").read_text().splitlines()[2] == f"[{a}, {b}],", "one merge per line"
+
+
+def _replace(key, value):
+    return lambda d: {**d, key: value}
 
 
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda ls: ["bpe 1", *ls[1:]], "line 1: expected the header"),
-        (lambda ls: ls[:1], "the file ends early"),
-        (lambda ls: [ls[0], "patern x", *ls[2:]], "line 2: expected `pattern"),
-        (lambda ls: [*ls[:2], "bytes 1 2 3", *ls[3:]], "byte_order"),
-        (lambda ls: [*ls[:4], "merges many", *ls[5:]], "line 5: expected `merges <count>`"),
-        (lambda ls: ls[:-1], "announces 143 merges but 142 lines follow"),
-        (lambda ls: [*ls[:6], "1 2 3", *ls[7:]], "line 7: expected two token ids"),
-        (lambda ls: [*ls[:6], "1 9999", *ls[7:]], "does not exist yet"),
-        (lambda ls: [*ls[:6], "x y", *ls[7:]], "is this a file written by BPETokenizer.save"),
+        (lambda d: "not json {", "not a JSON file"),
+        (lambda d: [1, 2], 'expected a JSON object with "format": "nanogpt-bpe"'),
+        (_replace("format", "other"), '"format": "nanogpt-bpe"'),
+        (_replace("version", 1), "field 'version': 1; this library reads version 2"),
+        (_replace("type", "char"), "expected type 'bpe'"),
+        (_replace("pattern", "(a+)+$"), "field 'pattern': .* not one of the known split patterns"),
+        (_replace("byte_order", [1, 2, 3]), "byte_order"),
+        (_replace("byte_order", ["a"] * 256), "field 'byte_order'"),
+        (_replace("merges", [[1, 2, 3]]), "field 'merges'"),
+        (_replace("merges", [["x", "y"]]), "field 'merges'"),
+        (_replace("merges", [[1, 9999]]), "does not exist yet"),
+        (_replace("special_tokens", {"<|x|>": "1"}), "field 'special_tokens'"),
     ],
 )
 def test_load_rejects_corrupt_files(tmp_path: Path, small: BPETokenizer, mutate, message: str):
-    path = tmp_path / "tok.bpe"
+    path = tmp_path / "tok.json"
     small.save(path)
-    path.write_text("\n".join(mutate(path.read_text().splitlines())) + "\n")
-    with pytest.raises(ValueError, match=message):
+    changed = mutate(json.loads(path.read_text()))
+    path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(ValueError, match=message) as info:
         BPETokenizer.load(path)
+    assert str(path) in str(info.value) and "BPETokenizer.save" in str(info.value)
+
+
+def test_known_pattern_names_and_values_are_accepted(small: BPETokenizer):
+    for pattern in ("gpt2", "cl100k", GPT2_SPLIT_PATTERN, CL100K_SPLIT_PATTERN):
+        assert BPETokenizer.from_dict({**small.to_dict(), "pattern": pattern}).merges == small.merges
+    with pytest.raises(ValueError, match="never compiled unchecked"):
+        BPETokenizer.from_dict({**small.to_dict(), "pattern": GPT2_SPLIT_PATTERN + "|x"})
+
+
+def test_train_from_chunks_equals_train_on_the_text(text: str):
+    chunks = Counter(regex.findall(GPT2_SPLIT_PATTERN, text[:50_000]))
+    assert BPETokenizer.train_from_chunks(chunks, 400).merges == BPETokenizer.train(text[:50_000], 400).merges
 
 
 def test_from_dict_rejects_other_tokenizers():

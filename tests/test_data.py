@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nanogpt_lib import cli, data
+from nanogpt_lib import cli, data, datasets
 from nanogpt_lib.data import (
     DATASETS,
     BigramLanguageModel,
@@ -183,8 +185,44 @@ def test_missing_local_copy_and_unknown_dataset(fake_dataset, tmp_path):
 
 
 def test_without_local_copy_it_downloads_into_data_dir(fake_dataset, tmp_path):
-    with pytest.raises(DownloadError, match=str(tmp_path / "data" / "tiny" / "tiny.txt")):
+    with pytest.raises(DownloadError, match=str(tmp_path / "data" / "tiny" / "tiny.txt")) as info:
         dataset_path("tiny", data_dir=tmp_path / "data")
+    assert "--source FILE" in str(info.value) and "NANOGPT_TINY " in str(info.value), "both ways out are named"
+
+
+def test_failed_download_of_shakespeare_names_both_ways_out(monkeypatch, tmp_path):
+    monkeypatch.delenv("NANOGPT_TINYSHAKESPEARE", raising=False)
+    monkeypatch.setitem(
+        DATASETS, "tinyshakespeare", data.Dataset("tinyshakespeare", "http://127.0.0.1:9/x", "input.txt", "0" * 64, 1)
+    )
+    with pytest.raises(DownloadError, match="could not download") as info:
+        dataset_path("tinyshakespeare", data_dir=tmp_path)
+    assert "--source FILE" in str(info.value) and "NANOGPT_TINYSHAKESPEARE" in str(info.value)
+
+
+def test_data_home_does_not_depend_on_the_working_folder(monkeypatch, tmp_path):
+    import nanogpt_lib
+
+    monkeypatch.delenv("NANOGPT_DATA_DIR", raising=False)
+    checkout = Path(nanogpt_lib.__file__).resolve().parent.parent / "data"
+    assert (checkout / "README.md").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert data.data_home() == checkout
+    monkeypatch.setenv("NANOGPT_DATA_DIR", str(tmp_path / "mine"))
+    assert data.data_home() == tmp_path / "mine"
+
+
+def test_data_home_outside_a_checkout_is_a_user_cache(monkeypatch, tmp_path):
+    import nanogpt_lib
+
+    fake_pkg = tmp_path / "site-packages" / "nanogpt_lib"
+    fake_pkg.mkdir(parents=True)
+    monkeypatch.setattr(nanogpt_lib, "__file__", str(fake_pkg / "__init__.py"))
+    monkeypatch.delenv("NANOGPT_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.data_home() == tmp_path / "cache" / "nanogpt"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data.data_home() == Path.home() / ".cache" / "nanogpt"
 
 
 @needs_shakespeare
@@ -368,10 +406,13 @@ def test_cli_prepare_end_to_end(tmp_path):
 def test_cli_prepare_default_out_dir_uses_the_environment_copy(fake_dataset, monkeypatch, tmp_path):
     monkeypatch.setitem(data.PREPARED_DATASETS, "shakespeare_char", "tiny")
     monkeypatch.setenv("NANOGPT_TINY", str(fake_dataset))
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["prepare", "shakespeare_char"]) == 0
-    assert load_prepared(tmp_path / "data" / "shakespeare_char").tokenizer == CharTokenizer.from_text(TEXT)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare_char"]
+    monkeypatch.setenv("NANOGPT_DATA_DIR", str(tmp_path / "home"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["prepare", "shakespeare_char", "--quiet"]) == 0
+    assert load_prepared(tmp_path / "home" / "shakespeare_char").tokenizer == CharTokenizer.from_text(TEXT)
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["shakespeare_char"]
+    assert list((tmp_path / "elsewhere").iterdir()) == [], "nothing lands in the working folder"
 
 
 def test_cli_prepare_with_a_bad_source_writes_nothing(tmp_path, capsys):
@@ -381,6 +422,7 @@ def test_cli_prepare_with_a_bad_source_writes_nothing(tmp_path, capsys):
     assert cli.main(["prepare", "shakespeare_char", "--source", str(bad), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "nanogpt prepare: error:" in err and "has sha256" in err and DATASETS["tinyshakespeare"].sha256 in err
+    assert f"nanogpt prepare text --source {bad}" in err, "the checksum error says how to use your own text"
     assert not out.exists() and bad.read_text() == "First Citizen:\nnot quite the play\n"
     assert cli.main(["prepare", "shakespeare_char", "--source", str(tmp_path / "missing.txt"), "--out", str(out)]) == 1
     assert "is not a file" in capsys.readouterr().err and not out.exists()
@@ -416,3 +458,355 @@ def test_bigram_learns_a_deterministic_sequence_and_generates_it():
     assert loss.item() < 0.05
     out = model.generate(torch.tensor([[tok.stoi["b"]]]), 9, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 10) and tok.decode(out[0]) == "bcdabcdabc"
+
+
+# --- your own text: `nanogpt prepare text` -------------------------------------------------------------
+
+
+def _folder(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / ".git").mkdir()
+    (src / "b" / "z.py").write_text("def f():\n    return 1\n" * 30)
+    (src / "b" / "a.md").write_text("# Notes\n" * 30)  # no newline problem: ends with one
+    (src / "c.txt").write_text("the end, without a newline")
+    (src / "image.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (src / "empty.txt").write_text("")
+    return src
+
+
+def test_prepare_text_of_a_folder_in_sorted_order_skipping_binaries(tmp_path):
+    src = _folder(tmp_path)
+    got = data.prepare_text(src, tmp_path / "out", block_size=8)
+    expected = "# Notes\n" * 30 + "def f():\n    return 1\n" * 30 + "the end, without a newline"
+    assert (got["files"], got["binary_skipped"]) == (4, 1)  # b/a.md, b/z.py, c.txt, empty.txt; image.bin skipped
+    p = load_prepared(tmp_path / "out")
+    assert p.tokenizer.decode(p.train) + p.tokenizer.decode(p.val) == expected
+    assert p.tokenizer == CharTokenizer.from_text(expected)
+    assert p.meta["source_sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_files_are_joined_with_a_newline_where_one_is_missing(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "1.txt").write_text("no newline at the end")
+    (tmp_path / "src" / "2.txt").write_text("second file\n" * 10)
+    data.prepare_text(tmp_path / "src", tmp_path / "out", block_size=4)
+    p = load_prepared(tmp_path / "out")
+    assert (p.tokenizer.decode(p.train) + p.tokenizer.decode(p.val)).startswith("no newline at the end\nsecond file\n")
+
+
+def test_prepare_text_of_one_file_matches_prepare_char_dataset(tmp_path):
+    text = "naïve café — 東京 🙂\n" * 500
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    a = data.prepare_text(tmp_path / "t.txt", tmp_path / "a", val_fraction=0.2)
+    b = prepare_char_dataset(text, tmp_path / "b", val_fraction=0.2)
+    assert {k: a[k] for k in b} == b
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_non_utf8_text_names_file_and_byte_offset(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes(b"x" * 300_000 + "Où est la reine ?".encode("latin-1"))  # the error is past the first read
+    with pytest.raises(data.TextSourceError) as info:
+        data.prepare_text(bad, tmp_path / "out")
+    msg = str(info.value)
+    assert str(bad) in msg and "byte offset 300001" in msg and "0xf9" in msg and "iconv -f latin1 -t utf-8" in msg
+    assert not (tmp_path / "out").exists()
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes("abc é".encode()[:-1])  # a character cut off at the end of the file
+    with pytest.raises(data.TextSourceError, match="byte offset 4"):
+        data.prepare_text(cut, tmp_path / "out")
+
+
+def test_binary_empty_and_too_short_inputs_are_clear_errors(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(data.TextSourceError, match="img.png is a binary file"):
+        data.prepare_text(tmp_path / "img.png", tmp_path / "out")
+    (tmp_path / "utf16.txt").write_text("To be, or not to be", encoding="utf-16")
+    with pytest.raises(data.TextSourceError, match="utf16.txt is a binary file.*iconv -f utf-16 -t utf-8"):
+        data.prepare_text(tmp_path / "utf16.txt", tmp_path / "out")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(data.TextSourceError, match="empty"):
+        data.prepare_text(tmp_path / "empty.txt", tmp_path / "out")
+    (tmp_path / "short.txt").write_text("a short text, shorter than a training window needs " * 5)
+    with pytest.raises(data.TextSourceError, match=r"too short.*block_size \+ 1 = 65.*--block-size"):
+        data.prepare_text(tmp_path / "short.txt", tmp_path / "out", block_size=64)
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "bins" / "a.bin").write_bytes(b"\x00" * 10)
+    with pytest.raises(data.TextSourceError, match=r"no text files \(1 binary file"):
+        data.prepare_text(tmp_path / "bins", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.prepare_text(tmp_path / "nothing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prepare_text_end_to_end_with_progress(tmp_path, capsys):
+    src = _folder(tmp_path)
+    out = tmp_path / "mine"
+    assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--block-size", "16"]) == 0
+    captured = capsys.readouterr()
+    assert "read 4 file(s); 1 binary file(s) skipped" in captured.out and "train.bin (" in captured.out
+    assert "encoding" in captured.err and "reading" in captured.err, "a progress bar on stderr"
+    assert load_prepared(out).vocab_size == len(set("# Notes\ndef f():\n    return 1\nthe end, without a newline"))
+    assert cli.main(["prepare", "text", "--out", str(out)]) == 1
+    assert "needs --source" in capsys.readouterr().err
+    assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--tokenizer", "bpe:10"]) == 1
+    assert "unknown tokenizer 'bpe:10'" in capsys.readouterr().err
+
+
+# --- BPE tokens: `--tokenizer gpt2` and `--tokenizer bpe:N` -------------------------------------------------
+
+
+def _pieces(text: str, size: int):
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _chunks(pattern: str, pieces) -> list[str]:
+    import regex
+
+    from nanogpt_lib.bpe import split_pattern
+
+    return [c for piece in pieces for c in regex.findall(split_pattern(pattern), piece)]
+
+
+@needs_shakespeare
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k"])
+def test_safe_pieces_split_exactly_like_the_whole_text(pattern):
+    text = load_text("tinyshakespeare")[:200_000]
+    pieces = list(data.safe_pieces(_pieces(text, 997)))
+    assert "".join(pieces) == text and len(pieces) > 100
+    assert _chunks(pattern, pieces) == _chunks(pattern, [text])
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k"])
+def test_safe_pieces_on_tricky_line_ends(pattern):
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    text = "word \nNext\r\nLine\n\nA 12\n3x\n'tis\n  Indented\nend.\nÉcole\n\t\nTab\n" * 50
+    for size in (1, 2, 3, 7, 64):
+        pieces = list(data.safe_pieces(_pieces(text, size)))
+        assert "".join(pieces) == text and len(pieces) > 1
+        assert _chunks(pattern, pieces) == _chunks(pattern, [text]), size
+        assert [t for piece in pieces for t in enc.encode_ordinary(piece)] == enc.encode_ordinary(text), size
+
+
+@needs_shakespeare
+def test_cli_prepare_shakespeare_gpt2(tmp_path):
+    import tiktoken
+
+    out = tmp_path / "gpt2"
+    argv = ["prepare", "shakespeare", "--tokenizer", "gpt2", "--source", SHAKESPEARE, "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    p = load_prepared(out)
+    text = Path(SHAKESPEARE).read_text(encoding="utf-8")
+    ids = tiktoken.get_encoding("gpt2").encode_ordinary(text)
+    assert p.meta["tokenizer"] == {"type": "tiktoken", "name": "gpt2"} and p.vocab_size == 50257
+    assert p.train.dtype == np.uint16 and np.concatenate([p.train, p.val]).tolist() == ids
+    assert p.tokenizer.decode(p.val[-30:]) == tiktoken.get_encoding("gpt2").decode(ids[-30:])
+    assert tokenizer_from_meta(json.loads((out / "meta.json").read_text())).vocab_size == 50257
+
+
+@needs_shakespeare
+def test_prepare_shakespeare_bpe_trains_on_the_text(tmp_path, monkeypatch):
+    from nanogpt_lib.bpe import BPETokenizer
+
+    monkeypatch.setenv("NANOGPT_DATA_DIR", str(tmp_path))
+    got = data.prepare_dataset("shakespeare", tokenizer="bpe:300")
+    assert got["out_dir"] == str(tmp_path / "shakespeare_bpe300")
+    p = load_prepared(tmp_path / "shakespeare_bpe300")
+    text = Path(SHAKESPEARE).read_text(encoding="utf-8")
+    reference = BPETokenizer.train(text, 300)
+    assert isinstance(p.tokenizer, BPETokenizer) and p.tokenizer.merges == reference.merges
+    assert np.concatenate([p.train, p.val]).tolist() == reference.encode_ordinary(text)
+    saved = json.loads((tmp_path / "shakespeare_bpe300" / "meta.json").read_text())["tokenizer"]
+    assert saved == reference.to_dict(), "meta.json holds the tokenizer in BPETokenizer's one on-disk format"
+    with pytest.raises(ValueError, match="tokenized by characters"):
+        data.prepare_dataset("shakespeare_char", tokenizer="gpt2")
+
+
+# --- bounded memory, full disks -------------------------------------------------------------------------------
+
+
+def test_preparing_a_large_text_streams_with_bounded_memory(tmp_path):
+    import tracemalloc
+
+    line = "".join(chr(c) for c in range(0x20, 0x7F)) + "äöü€\n"
+    path = tmp_path / "big.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(200_000):  # about 20 MB
+            f.write(f"{i:07d} {line}")
+    size = path.stat().st_size
+    assert size > 19_000_000
+    tracemalloc.start()
+    try:
+        meta = data.prepare_text(path, tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert meta["train_tokens"] + meta["val_tokens"] == 200_000 * len(f"{0:07d} {line}")
+    assert peak < size / 4, f"peak {peak:,} bytes while preparing a {size:,}-byte text"
+    p = load_prepared(tmp_path / "out")
+    assert p.tokenizer.decode(p.train[:13]) == '0000000  !"#$' and p.tokenizer.decode(p.val[-30:]) == f"{line}"[-30:]
+    assert p.tokenizer.decode(p.val[-(len(line) + 8) :]) == f"0199999 {line}"
+
+
+@pytest.mark.parametrize("failing", ["train.bin.tmp", "val.bin.tmp", "meta.json.tmp"])
+def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_files(tmp_path, monkeypatch, capsys, failing):
+    import builtins
+    import errno
+
+    src = tmp_path / "t.txt"
+    src.write_text(TEXT)
+    out = tmp_path / "out"
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Full(f) if Path(path).name == failing and "w" in mode else f
+
+    monkeypatch.setattr(datasets, "open", fake_open, raising=False)
+    assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--block-size", "8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("nanogpt prepare: error: no space left on the device while writing")
+    assert "partial files were removed" in err[-1] and "--out" in err[-1]
+    assert not out.exists(), "the folder it created is removed with the partial files"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--quiet"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"], "only what it wrote is removed"
+
+
+# --- cross-checks of prepared data ----------------------------------------------------------------------------
+
+
+def _edit_meta(folder: Path, **changes):
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(changes)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"vocab_size": None}, "field 'vocab_size' is None, not a count"),
+        ({"train_tokens": "12"}, "field 'train_tokens' is '12', not a count"),
+        ({"val_tokens": -1}, "field 'val_tokens' is -1"),
+        ({"tokenizer": "char"}, "field 'tokenizer' is 'char', not a dict"),
+        ({"dtype": "float32"}, "field 'dtype' names 'float32'"),
+        ({"vocab_size": 70_000}, "field 'vocab_size' is 70000, which uint16"),
+        ({"vocab_size": 3}, "field 'vocab_size' is 3, but the tokenizer in field 'tokenizer' has"),
+        ({"tokenizer": {"type": "tiktoken", "name": "p50k"}}, "field 'tokenizer': unknown tiktoken encoding 'p50k'"),
+        ({"train_tokens": 5}, "train.bin holds .* field 'train_tokens' promises 5"),
+    ],
+)
+def test_load_prepared_names_the_file_and_the_field(tmp_path, changes, message):
+    prepare_char_dataset(TEXT, tmp_path)
+    _edit_meta(tmp_path, **changes)
+    with pytest.raises(ValueError, match=message) as info:
+        load_prepared(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_required_field_is_named(tmp_path):
+    prepare_char_dataset(TEXT, tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["val_tokens"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="meta.json: field 'val_tokens' is None"):
+        load_prepared(tmp_path)
+
+
+def test_token_ids_beyond_the_vocabulary_are_found(tmp_path):
+    prepare_char_dataset(TEXT, tmp_path)
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
+    val[7] = 999
+    val.tofile(tmp_path / "val.bin")
+    with pytest.raises(ValueError, match=r"val.bin holds the token id 999 at position 7.*field 'vocab_size'"):
+        load_prepared(tmp_path)
+
+
+def test_a_bpe_pattern_from_meta_json_is_never_compiled_unchecked(tmp_path, monkeypatch):
+    from nanogpt_lib import bpe
+
+    tok = bpe.BPETokenizer.train(TEXT, 260)
+    ids = np.array(tok.encode(TEXT), dtype=np.uint16)
+    ids[:100].tofile(tmp_path / "train.bin")
+    ids[100:].tofile(tmp_path / "val.bin")
+    spec = {**tok.to_dict(), "pattern": "(a|aa)+$"}
+    meta = {
+        "format": "nanogpt-tokens",
+        "version": 1,
+        "dtype": "uint16",
+        "vocab_size": 260,
+        "tokenizer": spec,
+        "train_tokens": 100,
+        "val_tokens": len(ids) - 100,
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    compiled = []
+    monkeypatch.setattr(bpe.regex, "compile", lambda *a, **k: compiled.append(a) or None)
+    with pytest.raises(ValueError, match="meta.json: field 'tokenizer': field 'pattern'.*not one of the known"):
+        load_prepared(tmp_path)
+    assert compiled == []
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bpe:300"])
+def test_bpe_datasets_train_and_sample_with_no_further_flags(tmp_path, capsys, tokenizer):
+    from nanogpt_lib.bpe import BPETokenizer
+    from nanogpt_lib.train import load_checkpoint
+
+    (tmp_path / "t.txt").write_text(TEXT * 5)
+    data_dir, run = tmp_path / "prepared", tmp_path / "run"
+    argv = ["prepare", "text", "--source", str(tmp_path / "t.txt"), "--out", str(data_dir), "--block-size", "8"]
+    assert cli.main([*argv, "--tokenizer", tokenizer, "--quiet"]) == 0
+    small = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "8", "--batch-size", "2"]
+    steps = ["--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--device", "cpu"]
+    assert cli.main(["train", "--data", str(data_dir), "--out", str(run), *small, *steps]) == 0
+    model, tok, _ = load_checkpoint(run)
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == load_prepared(data_dir).vocab_size
+    assert model.config.vocab_size == tok.vocab_size
+    capsys.readouterr()
+    assert cli.main(["sample", "--ckpt", str(run), "--prompt", "Speak,", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("Speak,")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab Z\n\r\t'.1é😀\u00a0", min_size=0, max_size=300),
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from(["gpt2", "cl100k"]),
+)
+def test_safe_pieces_never_change_the_chunks(text, size, pattern):
+    pieces = list(data.safe_pieces(_pieces(text, size)))
+    assert "".join(pieces) == text
+    assert _chunks(pattern, pieces) == _chunks(pattern, [text])
+
+
+def test_cli_val_fraction_and_block_size(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("abcdefghij" * 10)
+    out = tmp_path / "out"
+    argv = ["prepare", "text", "--source", str(tmp_path / "t.txt"), "--out", str(out), "--quiet"]
+    assert cli.main([*argv, "--val-fraction", "0.25", "--block-size", "20"]) == 0
+    assert (load_prepared(out).meta["train_tokens"], load_prepared(out).meta["val_tokens"]) == (75, 25)
+    assert cli.main([*argv, "--val-fraction", "0.25", "--block-size", "30"]) == 1
+    assert "too short" in capsys.readouterr().err
+    assert load_prepared(out).meta["val_tokens"] == 25, "a refused preparation leaves the previous dataset intact"

@@ -88,3 +88,35 @@ def test_failed_download_keeps_a_previous_good_file_untouched(server, tmp_path):
     before = dest.stat().st_mtime_ns
     download(f"{server}/input.txt", dest, SHA)
     assert dest.stat().st_mtime_ns == before
+
+
+class TruncatingHandler(QuietHandler):
+    """Promises the whole payload, sends half of it, and hangs up."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_a_download_cut_half_way_is_an_error_and_keeps_the_previous_file(tmp_path):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), TruncatingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/input.txt"
+        dest = tmp_path / "new" / "input.txt"
+        with pytest.raises(DownloadError, match="could not download .*connection closed after 3,050 of 6,100 bytes"):
+            download(url, dest, SHA, timeout=10)
+        assert list(dest.parent.iterdir()) == [], "no half-written file, no .part left behind"
+        kept = tmp_path / "old" / "input.txt"
+        kept.parent.mkdir()
+        kept.write_bytes(PAYLOAD)
+        before = kept.stat().st_mtime_ns
+        assert download(url, kept, SHA) == kept, "a verified file is used without contacting the server"
+        assert kept.stat().st_mtime_ns == before and kept.read_bytes() == PAYLOAD
+    finally:
+        httpd.shutdown()
