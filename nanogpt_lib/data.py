@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 
+# chapters/01_data.md, code cell 3
 import hashlib
 import os
 import urllib.error
@@ -87,6 +88,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
     return dest
 
 
+# chapters/01_data.md, code cell 5
 
 import json
 import operator
@@ -165,6 +167,7 @@ def load_text(
     return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
 
 
+# chapters/01_data.md, code cell 11
 class CharTokenizer:
     """One token per character: the id of a character is its position in `chars`.
 
@@ -267,6 +270,7 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
+# chapters/01_data.md, code cell 14
 PREPARED_FORMAT = "nanogpt-tokens"
 PREPARED_VERSION = 1
 
@@ -317,6 +321,7 @@ def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: fl
     return meta
 
 
+# chapters/01_data.md, code cell 15
 @dataclass
 class PreparedData:
     """A tokenized dataset on disk: the train and validation token arrays and what they mean."""
@@ -383,6 +388,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, int(meta["vocab_size"]))
 
 
+# chapters/01_data.md, code cell 17
 PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare"}  # prepared name -> text dataset
 
 
@@ -404,6 +410,7 @@ def prepare_dataset(
     return {**prepare_char_dataset(text, out), "out_dir": str(out)}
 
 
+# chapters/01_data.md, code cell 19
 def get_batch(
     tokens: np.ndarray,
     batch_size: int,
@@ -432,6 +439,7 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
+# chapters/01_data.md, code cell 22
 class BigramLanguageModel(nn.Module):
     """The next token's logits from the current token alone: a learned (vocab_size x vocab_size) table."""
 
