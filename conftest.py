@@ -2,10 +2,14 @@
 
 Each `chapters/*.md` is converted by jupytext into `build/chapters/*.ipynb` (git-ignored) and
 executed top to bottom in a fresh kernel. The kernel inherits this process's environment, so
-the switches below reach the chapters too.
+the switches below reach the chapters too. Under `pytest -n N` every worker collects every
+chapter, so each notebook is written to a temporary file and renamed into place: a worker never
+reads another's half-written notebook. A notebook's cells share one kernel, so they must run on
+one worker: `-n N` schedules by file (`--dist loadfile`).
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import jupytext
@@ -23,6 +27,13 @@ if (SHARED_DATA / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken_cache"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # `-n N` alone means `--dist load`, which would scatter a notebook's cells over workers, each with its own
+    # kernel; `loadfile` keeps each file (a chapter, a test module) on one worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix != ".md" or file_path.parent != ROOT / "chapters":
         return None
@@ -36,6 +47,22 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
         def fspath(self):
             return legacy_path(BUILD / (self.path.stem + ".ipynb"))
 
-    BUILD.mkdir(parents=True, exist_ok=True)
-    jupytext.write(jupytext.read(file_path), BUILD / (file_path.stem + ".ipynb"))
+    build_notebook(file_path)
     return ChapterNotebook.from_parent(parent, path=file_path)
+
+
+def build_notebook(chapter: Path, build: Path = BUILD) -> Path:
+    """Write `build/<chapter>.ipynb` atomically (temporary file, then rename); returns its path."""
+    build.mkdir(parents=True, exist_ok=True)
+    target = build / (chapter.stem + ".ipynb")
+    text = jupytext.writes(jupytext.read(chapter), fmt="ipynb")
+    fd, tmp = tempfile.mkstemp(dir=build, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+

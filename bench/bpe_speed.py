@@ -1,15 +1,19 @@
 """Byte-pair encoding speed on the whole of tiny Shakespeare (chapter 02, nanogpt_lib.bpe).
 
 Prints one table:
-  1. training a 512-token vocabulary with GPT-2's split pattern (target: <= 2 s; a widely used
-     pure-Python reference implementation takes 61 s on the 2-core CI machine);
+  1. training a 512-token vocabulary with GPT-2's split pattern (target: <= 2 s); with
+     `--minbpe DIR` (a checkout of minbpe you cloned: git clone https://github.com/karpathy/minbpe)
+     its `RegexTokenizer` trains the same vocabulary on the same text in the same run, and its
+     `BasicTokenizer` (no split pattern) on the slice of row 3; without it that column says so;
   2. encoding the whole text with GPT-2's merges, against tiktoken timed in the same run
-     (target: <= 4x tiktoken's time), with a fresh chunk cache and with a warm one;
+     (target: <= 4x tiktoken's time), with a fresh chunk cache and with a warm one; with `--minbpe`,
+     encoding the slice with each side's own 512-token vocabulary;
   3. the chapter's naive trainer on a slice, against the fast trainer on the same slice.
 
-    python bench/bpe_speed.py [--repeats 3] [--slice 20000]
+    python bench/bpe_speed.py [--minbpe DIR] [--repeats 3] [--slice 20000] [--quick]
 
-Each figure is the best of `--repeats` runs. Exits 1 if a target is missed.
+Each figure is the best of `--repeats` runs (minbpe's, which take a minute, run once). Exits 1 if a
+target is missed.
 """
 
 import argparse
@@ -36,7 +40,7 @@ from nanogpt_lib import bpe  # noqa: E402
 from nanogpt_lib.data import load_text  # noqa: E402
 
 TRAIN_TARGET_S = 2.0
-REFERENCE_TRAIN_S = 61.0  # the pure-Python reference implementation, same task, same machine (issue 3)
+NOT_MEASURED = "not measured (pass --minbpe DIR)"
 ENCODE_TARGET_RATIO = 4.0
 
 
@@ -60,22 +64,60 @@ def chapter_naive_trainer():
     return namespace["train_naive"]
 
 
+def import_minbpe(checkout: Path):
+    """The `minbpe` package of a checkout (its folder holds `minbpe/__init__.py`)."""
+    checkout = checkout.expanduser().resolve()
+    if not (checkout / "minbpe" / "__init__.py").exists():
+        raise SystemExit(f"--minbpe {checkout}: no minbpe/__init__.py there; pass the folder of a minbpe checkout")
+    sys.path.insert(0, str(checkout))
+    import minbpe
+
+    return minbpe
+
+
+def minbpe_rows(minbpe, text: str, small: str, ours: bpe.BPETokenizer) -> list[tuple]:
+    """minbpe against our tokenizer, the same tasks in the same run; each of its runs once (they are slow)."""
+    theirs = minbpe.RegexTokenizer(bpe.GPT2_SPLIT_PATTERN)
+    t_theirs, _ = best_of(1, lambda: theirs.train(text, 512))
+    t_ours, _ = best_of(1, lambda: bpe.BPETokenizer.train(text, 512, pattern="gpt2"))
+    agree = next((i for i, (a, b) in enumerate(zip(ours.merges, theirs.merges, strict=False)) if a != b), 256)
+    basic = minbpe.BasicTokenizer()
+    t_basic, _ = best_of(1, lambda: basic.train(small, 512))
+    t_basic_ours, _ = best_of(1, lambda: bpe.BPETokenizer.train(small, 512, pattern=r"(?s).+"))  # one chunk
+    t_enc_theirs, _ = best_of(1, lambda: theirs.encode(small))
+    t_enc_ours, _ = best_of(1, lambda: ours.encode(small))
+    return [
+        (f"train vocab 512, GPT-2 split, {len(text):,} chars (once each)", f"{t_ours:.2f} s",
+         f"minbpe RegexTokenizer {t_theirs:.1f} s: ours {t_theirs / t_ours:.1f}x as fast; first {agree} merges equal",
+         "", None),
+        (f"train vocab 512, no split, {len(small):,} chars", f"{t_basic_ours:.2f} s",
+         f"minbpe BasicTokenizer {t_basic:.2f} s: ours {t_basic / t_basic_ours:.1f}x as fast", "", None),
+        (f"encode {len(small):,} chars, own 512 vocab", f"{t_enc_ours:.3f} s",
+         f"minbpe {t_enc_theirs:.3f} s: ours {t_enc_theirs / t_enc_ours:.1f}x as fast", "", None),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slice", type=int, default=20_000, help="characters for the naive trainer")
+    parser.add_argument("--minbpe", type=Path, help="a minbpe checkout: measure it in the same run")
+    parser.add_argument("--quick", action="store_true", help="a 50,000-character text, once: check that it runs")
     args = parser.parse_args(argv)
+    minbpe = import_minbpe(args.minbpe) if args.minbpe else None
 
     text = load_text("tinyshakespeare", data_dir=ROOT / "data")
+    if args.quick:
+        text, args.slice, args.repeats = text[:50_000], min(args.slice, 5_000), 1
     rows = []
 
     t_train, tok = best_of(args.repeats, lambda: bpe.BPETokenizer.train(text, 512, pattern="gpt2"))
     assert tok.vocab_size == 512
     rows.append(
         (
-            "train vocab 512, GPT-2 split, whole text",
+            f"train vocab 512, GPT-2 split, {len(text):,} chars",
             f"{t_train:.2f} s",
-            f"pure-Python reference, 61 s (published): {REFERENCE_TRAIN_S / t_train:.0f}x faster",
+            "minbpe: see below" if minbpe else f"minbpe: {NOT_MEASURED}",
             f"<= {TRAIN_TARGET_S:.0f} s",
             t_train <= TRAIN_TARGET_S,
         )
@@ -89,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     assert ours == theirs, "encode differs from tiktoken"
     rows.append(
         (
-            "encode whole text, GPT-2 merges (fresh cache)",
+            f"encode {len(text):,} chars, GPT-2 merges (fresh cache)",
             f"{t_cold:.3f} s",
             f"tiktoken {t_tiktoken:.3f} s: {t_cold / t_tiktoken:.1f}x",
             f"<= {ENCODE_TARGET_RATIO:.0f}x",
@@ -98,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(
         (
-            "encode whole text, GPT-2 merges (warm cache)",
+            f"encode {len(text):,} chars, GPT-2 merges (warm cache)",
             f"{t_warm:.3f} s",
             f"tiktoken {t_tiktoken:.3f} s: {t_warm / t_tiktoken:.1f}x",
             "",
@@ -123,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
+    if minbpe:
+        rows += minbpe_rows(minbpe, text, small, tok)
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"bpe_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}, tiktoken {tiktoken.__version__}, load average {load:.2f}, "
         f"best of {args.repeats}"
     )
-    header = ("task", "time", "baseline (tiktoken and the fast trainer: same run)", "target", "")
+    header = ("task", "time", "baseline (tiktoken, minbpe, the fast trainer: all in this run)", "target", "")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
     print("-|-".join("-" * w for w in widths) + "-|-----")

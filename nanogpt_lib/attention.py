@@ -12,6 +12,7 @@ __all__ = [
 ]
 
 
+# chapters/03_attention.md, code cell 14
 import functools
 import math
 from typing import Protocol

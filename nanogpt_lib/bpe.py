@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 
+# chapters/02_bpe.md, code cell 6
 
 import heapq
 import json
@@ -53,6 +54,7 @@ def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+# chapters/02_bpe.md, code cell 9
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 CL100K_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
@@ -69,6 +71,7 @@ def split_pattern(pattern: str) -> str:
     return SPLIT_PATTERNS.get(pattern, pattern)
 
 
+# chapters/02_bpe.md, code cell 13
 def train_merges(chunk_counts: Mapping[bytes, int], num_merges: int) -> list[tuple[int, int]]:
     """Learn up to `num_merges` byte-pair merges from distinct chunks and their counts.
 
@@ -116,6 +119,7 @@ def train_merges(chunk_counts: Mapping[bytes, int], num_merges: int) -> list[tup
     return merges
 
 
+# chapters/02_bpe.md, code cell 16
 _NO_MERGE = 1 << 62  # larger than any token id: "no merge for this pair"
 
 
@@ -142,6 +146,7 @@ def apply_merges(ids: list[int], ranks: Mapping[tuple[int, int], int]) -> list[i
     return ids
 
 
+# chapters/02_bpe.md, code cell 18
 def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[int, int]], bytes]:
     """The ordered merge list and byte order behind tiktoken-style ranks (token bytes -> id).
 
@@ -167,6 +172,7 @@ def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[
     return merges, byte_order
 
 
+# chapters/02_bpe.md, code cell 20
 FORMAT = "nanogpt-bpe"
 FORMAT_VERSION = 2  # 1 was a line-based text format; 2 is JSON, the same dict as to_dict
 _CACHE_LIMIT = 200_000  # distinct chunks remembered per tokenizer

@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 
+# chapters/01_data.md, code cell 3
 
 import json
 import operator
@@ -55,6 +56,7 @@ from nanogpt_lib.datasets import (  # noqa: F401 (re-exported: nanogpt_lib.data 
 )
 
 
+# chapters/01_data.md, code cell 9
 class CharTokenizer:
     """One token per character: the id of a character is its position in `chars`.
 
@@ -157,6 +159,7 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
+# chapters/01_data.md, code cell 12
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -225,6 +228,7 @@ def fit_tokenizer(spec: str, pieces: Callable[[str], Iterable[str]]) -> tuple[ob
     return tokenizer, tokenizer.to_dict(), tokenizer.encode_ordinary
 
 
+# chapters/01_data.md, code cell 13
 def prepare_pieces(
     pieces: Callable[[str], Iterable[str]],
     out_dir: str | os.PathLike,
@@ -262,6 +266,7 @@ def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: fl
     return prepare_pieces(pieces, out_dir, "char", val_fraction)
 
 
+# chapters/01_data.md, code cell 15
 @dataclass
 class PreparedData:
     """A tokenized dataset on disk: the train and validation token arrays and what they mean."""
@@ -329,6 +334,7 @@ def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 <
             )
 
 
+# chapters/01_data.md, code cell 16
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked."""
     folder = Path(data_dir)
@@ -368,6 +374,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
 
 
+# chapters/01_data.md, code cell 18
 def prepare_text(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -397,6 +404,7 @@ def prepare_text(
     return {**meta, "out_dir": str(out_dir), "files": len(files), "binary_skipped": skipped}
 
 
+# chapters/01_data.md, code cell 20
 PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare", "shakespeare": "tinyshakespeare"}
 
 
@@ -429,6 +437,7 @@ def prepare_dataset(
     return prepare_text(path, out, tokenizer, val_fraction, progress=progress)
 
 
+# chapters/01_data.md, code cell 22
 def get_batch(
     tokens: np.ndarray,
     batch_size: int,
@@ -457,6 +466,7 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
+# chapters/01_data.md, code cell 25
 class BigramLanguageModel(nn.Module):
     """The next token's logits from the current token alone: a learned (vocab_size x vocab_size) table."""
 

@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 
+# chapters/A1_data_engineering.md, code cell 3
 
 import codecs
 import errno
@@ -42,6 +43,7 @@ import regex
 PIECE_CHARS = 1 << 18  # how much text is decoded, encoded and written at a time
 
 
+# chapters/A1_data_engineering.md, code cell 4
 class DownloadError(RuntimeError):
     """A dataset file could not be fetched or did not match its checksum."""
 
@@ -98,6 +100,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
     return dest
 
 
+# chapters/A1_data_engineering.md, code cell 6
 @dataclass(frozen=True)
 class Dataset:
     """A text dataset: where to fetch it, and the checksum that identifies it."""
@@ -125,6 +128,7 @@ def dataset_env_var(name: str) -> str:
     return f"NANOGPT_{name.upper()}"
 
 
+# chapters/A1_data_engineering.md, code cell 7
 def data_home() -> Path:
     """The one folder where datasets are downloaded and prepared, whatever the working folder.
 
@@ -188,6 +192,7 @@ def load_text(
     return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
 
 
+# chapters/A1_data_engineering.md, code cell 9
 class TextSourceError(ValueError):
     """Text that cannot be prepared: not UTF-8, binary, empty, or too short to train on."""
 
@@ -260,6 +265,7 @@ def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress
                     break
 
 
+# chapters/A1_data_engineering.md, code cell 11
 _SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")  # searched from the end: the last safe point
 
 
@@ -278,6 +284,7 @@ def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
         yield carry
 
 
+# chapters/A1_data_engineering.md, code cell 13
 def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
     """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
     digest, count = hashlib.sha256(), 0

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 
+# chapters/00_setup.md, code cell 3
 import os
 import platform
 import random
@@ -96,6 +97,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     return torch.device(name)
 
 
+# chapters/00_setup.md, code cell 5
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -166,6 +168,7 @@ def pick_precision(device: torch.device | str, prefer: str | None = None) -> Pre
     return Precision(name, device_type)
 
 
+# chapters/00_setup.md, code cell 8
 def measure_matmul_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5
 ) -> float:
@@ -192,6 +195,7 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
+# chapters/00_setup.md, code cell 10
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (every device's) random number generators."""
     if not isinstance(seed, int) or seed < 0:
@@ -201,6 +205,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# chapters/00_setup.md, code cell 12
 def environment_report() -> dict[str, str]:
     """Python, PyTorch, the devices found, and the precision each would use."""
     report = {

@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 
+# chapters/06_sampling.md, code cell 10
 
 from collections.abc import Iterator
 
@@ -84,6 +85,7 @@ def sample_next(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
+# chapters/06_sampling.md, code cell 14
 class KVCache:
     """Keys and values of every layer for positions 0..pos-1, in buffers allocated once for `max_len` positions.
 
@@ -133,6 +135,7 @@ class KVCache:
         self.pos = 0
 
 
+# chapters/06_sampling.md, code cell 17
 def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
     """Logits (B, vocab) for the token after `idx` (B, T), exactly as a full forward pass would give them.
 
@@ -218,6 +221,7 @@ def generate(
     return torch.cat([idx, *new], dim=1)
 
 
+# chapters/06_sampling.md, code cell 20
 DEFAULT_PROMPT = "\n"
 
 

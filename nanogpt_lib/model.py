@@ -12,6 +12,7 @@ __all__ = [
 ]
 
 
+# chapters/04_gpt.md, code cell 9
 
 import math
 from dataclasses import asdict, dataclass, fields
@@ -72,6 +73,7 @@ class GPTConfig:
         return asdict(self)
 
 
+# chapters/04_gpt.md, code cell 11
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -107,6 +109,7 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
+# chapters/04_gpt.md, code cell 12
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
 

@@ -8,6 +8,8 @@ __all__ = [
     "param_groups",
     "make_optimizer",
     "lr_at",
+    "M_TRIM_THRESHOLD",
+    "M_MMAP_THRESHOLD",
     "keep_freed_memory",
     "fixed_windows",
     "evaluate",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 
+# chapters/05_training.md, code cell 6
 
 import base64
 import ctypes
@@ -85,6 +88,7 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
+# chapters/05_training.md, code cell 9
 def lr_at(
     step: int, learning_rate: float, min_lr: float, warmup_iters: int, decay_iters: int, progress: float | None = None
 ) -> float:
@@ -101,6 +105,7 @@ def lr_at(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
+# chapters/05_training.md, code cell 14
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
 
 
@@ -118,6 +123,7 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+# chapters/05_training.md, code cell 16
 def fixed_windows(
     tokens: Any, n_windows: int, block_size: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +149,7 @@ def evaluate(
     return total / max(1, len(x))
 
 
+# chapters/05_training.md, code cell 18
 CHECKPOINT_FORMAT = "nanogpt-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors")
@@ -280,6 +287,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
     return model, tokenizer, info
 
 
+# chapters/05_training.md, code cell 20
 @dataclass
 class TrainConfig:
     """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
@@ -445,6 +453,7 @@ def _last_checkpoint(out: Path) -> Path:
     raise CheckpointError(f"no checkpoint to resume in {out} (no last/state.json); train without --resume first")
 
 
+# chapters/05_training.md, code cell 22
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -146,8 +146,24 @@ def test_set_seed_repeats_every_generator():
         dev.set_seed(-1)
 
 
-def test_measure_matmul_flops_is_positive():
-    assert dev.measure_matmul_flops("cpu", torch.float32, n=64, repeats=1) > 0
+def test_measure_matmul_flops_is_counted_work_over_best_time(monkeypatch):
+    """FLOP/s = the work PyTorch's FLOP counter sees in one n x n matmul / the fastest of the timed runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = 48
+    with FlopCounterMode(display=False) as counter:
+        torch.randn(n, n) @ torch.randn(n, n)
+    durations = iter([9.0, 0.5, 0.25, 0.75])  # the first (warm-up) run is the slowest and must not count
+    clock = {"now": 0.0, "start": True}
+
+    def fake_clock():
+        if not clock["start"]:
+            clock["now"] += next(durations)
+        clock["start"] = not clock["start"]
+        return clock["now"]
+
+    monkeypatch.setattr(dev.time, "perf_counter", fake_clock)
+    assert dev.measure_matmul_flops("cpu", torch.float32, n=n, repeats=3) == counter.get_total_flops() / 0.25
 
 
 def test_environment_report_names_devices_and_versions():

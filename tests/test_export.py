@@ -106,17 +106,88 @@ def test_handwritten_modules_are_left_alone(book: Path):
 @pytest.mark.parametrize(
     "cells, message",
     [
-        (["#| default_exp a", "#| default_exp b"], "appears twice"),
+        (["#| default_exp a", "#| default_exp b"], r"01_x.md, code cell 2: `#\| default_exp` appears twice"),
         (["#| export\nx = 1"], "no `#| default_exp"),
         (["#| default_exp cli"], "hand-written"),
         (["#| default_exp Bad-Name"], "not a valid module name"),
-        (["#| default_exp a", "#| export\ndef broken(:\n    pass"], "do not parse"),
+        (["#| default_exp a", "#| exports\nx = 1"], r"01_x.md, code cell 2: unknown directive `#\| exports`: did you"),
+        (["#| default_exp a", "#| hide\nx = 1"], r"code cell 2: unknown directive `#\| hide`"),
+        (["#| default_exp a", "# finished\n#|export\nx = 1"], r"code cell 2: `#\|export` on line 2 .* first lines"),
+        (["#| default_exp a", "x = 1\n\n#| export\ny = 2"], r"code cell 2: `#\| export` on line 3"),
+        (["#| default_exp a", "#| export now\nx = 1"], "takes no argument"),
+        (["#| default_exp a", "#|\nx = 1"], r"code cell 2: `#\|` is not a directive"),
     ],
 )
 def test_contract_violations_are_clear_errors(tmp_path: Path, cells, message):
     chapter(tmp_path, "01_x.md", *cells)
     with pytest.raises(ex.ExportError, match=message):
         ex.build(tmp_path)
+
+
+def test_a_syntax_error_names_the_chapter_cell_and_line_within_the_cell(tmp_path: Path):
+    chapter(tmp_path, "01_x.md", "#| default_exp a", "x = 1", "#| export\n\ny = 2\ndef broken(:\n    pass")
+    with pytest.raises(ex.ExportError, match=r"chapters/01_x.md, code cell 3, line 4 of the cell: .*does not parse"):
+        ex.build(tmp_path)
+
+
+def test_all_lists_names_bound_by_unpacking_and_annotation(tmp_path: Path):
+    code = (
+        "#| export\n"
+        "A, B = 1, 2\n"
+        "(C, [D, *E]), _F = (3, [4, 5, 6]), 7\n"
+        "G: int = 8\n"
+        "H: str\n"
+        "I = J = 9\n"
+        "obj = type('O', (), {})()\n"
+        "obj.attr, K = 1, 2\n"
+    )
+    chapter(tmp_path, "01_x.md", "#| default_exp a", code)
+    ex.export(tmp_path)
+    namespace: dict = {}
+    exec((tmp_path / "nanogpt_lib" / "a.py").read_text(), namespace)
+    assert namespace["__all__"] == ["A", "B", "C", "D", "E", "G", "H", "I", "J", "obj", "K"]
+    assert set(namespace["__all__"]) - {"H"} <= set(namespace)
+
+
+def test_each_exported_cell_names_its_origin(book: Path):
+    """The comment above each cell names the chapter and the code cell, counted as a reader meets them."""
+    ex.export(book)
+    text = (book / "nanogpt_lib" / "demo.py").read_text()
+    src = (book / "chapters" / "00_demo.md").read_text()
+    code_cells = [block for block in src.split("```{code-cell} ipython3\n")[1:]]
+    for number, marker in ((2, "def double"), (4, "class Circle")):
+        assert marker in code_cells[number - 1]
+        origin = f"# chapters/00_demo.md, code cell {number}\n"
+        assert origin in text and text.index(origin) < text.index(marker)
+        assert text[text.index(origin) + len(origin) :].startswith(code_cells[number - 1].split("\n", 1)[1][:20])
+
+
+def test_a_traceback_from_the_library_leads_to_the_chapter(tmp_path: Path):
+    chapter(tmp_path, "01_x.md", "#| default_exp a", "#| export\ndef fail():\n    raise RuntimeError('here')")
+    ex.export(tmp_path)
+    lines = (tmp_path / "nanogpt_lib" / "a.py").read_text().splitlines()
+    raise_at = next(i for i, line in enumerate(lines) if "raise RuntimeError" in line)
+    assert lines[raise_at - 2] == "# chapters/01_x.md, code cell 2"
+
+
+def test_writes_are_atomic(book: Path, monkeypatch):
+    """A write that fails half-way leaves the old module whole and no temporary file behind."""
+    ex.export(book)
+    target = book / "nanogpt_lib" / "demo.py"
+    before = target.read_text()
+    src = book / "chapters" / "00_demo.md"
+    src.write_text(src.read_text().replace("return x * SCALE", "return x * SCALE + 1"))
+
+    def crash(tmp, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ex.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ex.export(book)
+    assert target.read_text() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["demo.py"]
+    monkeypatch.undo()
+    assert ex.export(book) == ["demo.py"] and "SCALE + 1" in target.read_text()
 
 
 def test_two_chapters_cannot_export_the_same_module(tmp_path: Path):
@@ -126,14 +197,19 @@ def test_two_chapters_cannot_export_the_same_module(tmp_path: Path):
         ex.build(tmp_path)
 
 
-def test_exporter_reads_ipynb_too(book: Path):
+def test_only_markdown_chapters_are_read(book: Path):
+    """`.ipynb` is not a chapter format: one in chapters/ (a reader's pairing) is ignored, and refused if named."""
     import jupytext
 
     md = book / "chapters" / "00_demo.md"
-    module = ex.read_chapter(md)
-    ipynb = book / "00_demo.ipynb"
-    jupytext.write(jupytext.read(md), ipynb)
-    assert ex.read_chapter(ipynb).cells == module.cells
+    expected = ex.build(book)
+    nb = jupytext.read(md)
+    nb.cells.append(jupytext.reads("```{code-cell} ipython3\n#| export\nEXTRA = 1\n```\n", fmt="md:myst").cells[0])
+    ipynb = book / "chapters" / "00_demo.ipynb"
+    jupytext.write(nb, ipynb)
+    assert ex.build(book) == expected
+    with pytest.raises(ex.ExportError, match=r"MyST Markdown \(.md\)"):
+        ex.read_chapter(ipynb)
 
 
 def test_the_repository_library_is_in_sync_with_its_chapters():

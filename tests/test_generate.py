@@ -142,10 +142,20 @@ def test_cache_refuses_overflow_and_a_changed_batch():
 
 
 def test_cache_follows_the_dtype_of_the_keys():
+    """A bf16 model gets a bf16 cache, whose logits are the uncached ones (to bf16 rounding), and the same tokens."""
     model = make().to(torch.bfloat16)
-    out = generate(model, prompt(1, 4), BLOCK + 4, temperature=0)
-    ref = generate(model, prompt(1, 4), BLOCK + 4, temperature=0, use_cache=False)
-    assert out.shape == (1, BLOCK + 8) and ref.shape == out.shape
+    seq = prompt(2, BLOCK)
+    cache = KVCache.for_model(model)
+    with torch.no_grad():
+        cached = [next_token_logits(model, seq[:, :t], cache) for t in range(4, BLOCK + 1)]
+        uncached = [next_token_logits(model, seq[:, :t]) for t in range(4, BLOCK + 1)]
+    assert cache.k[0].dtype == cache.v[-1].dtype == torch.bfloat16
+    assert cached[0].dtype == torch.bfloat16
+    torch.testing.assert_close(torch.stack(cached), torch.stack(uncached), atol=0.1, rtol=0.02)
+    out = generate(model, prompt(2, 4), BLOCK + 4, temperature=0)
+    ref = generate(model, prompt(2, 4), BLOCK + 4, temperature=0, use_cache=False)
+    assert out.shape == (2, BLOCK + 8)
+    assert torch.equal(out, ref)
 
 
 def test_window_past_the_context_is_recomputed_not_reused():

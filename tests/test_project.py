@@ -22,20 +22,62 @@ def requirement_name(req: str) -> str:
     return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
 
 
-def test_every_runtime_dependency_is_in_environment_yml():
+def test_environment_yml_has_what_reading_needs_and_no_test_tools():
+    """Conda readers get the runtime dependencies and the `book` extra; the test tools stay in the `dev` extra."""
     import yaml
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)}
-    missing = [
-        name
-        for name in (requirement_name(r) for r in PYPROJECT["project"]["dependencies"])
-        if CONDA_NAMES.get(name, name) not in conda
-    ]
+    reading = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["book"]
+    missing = [name for name in map(requirement_name, reading) if CONDA_NAMES.get(name, name) not in conda]
     assert missing == [], f"add these to environment.yml: {missing}"
+    book = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["book"]))
+    test_tools = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["dev"])) - book
+    assert conda & test_tools == set(), "test tools belong to the dev extra, not to the readers' environment"
     assert "conda-forge" in env["channels"]
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert any(".[dev]" in line or line.strip() == "-e ." for line in pip_section)
+    assert [line.strip() for line in pip_section] == ["-e ."], "conda installs the dependencies; pip only the project"
+
+
+def test_plotting_and_widgets_are_book_dependencies_not_runtime_ones():
+    runtime = set(map(requirement_name, PYPROJECT["project"]["dependencies"]))
+    book = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["book"]))
+    assert {"matplotlib", "ipywidgets"} & runtime == set()
+    assert {"matplotlib", "ipywidgets", "mystmd", "jupytext"} <= book
+
+
+def test_the_library_imports_without_the_book_extra():
+    """Every module of nanogpt_lib imports with matplotlib and the widget libraries absent."""
+    modules = sorted(p.stem for p in (ROOT / "nanogpt_lib").glob("*.py") if p.stem != "__init__")
+    code = (
+        "import sys\n"
+        "for name in ('matplotlib', 'ipywidgets', 'anywidget', 'IPython', 'jupytext'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        f"import importlib\nfor m in {modules!r}:\n    importlib.import_module('nanogpt_lib.' + m)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_ci_installs_pinned_versions_from_the_constraints_file():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'pip install -q -e "\.\[dev\]" -c constraints\.txt', ci)
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[\w.+!-]+", version), f"{line!r}: pin an exact version"
+            pins[requirement_name(name).replace("_", "-")] = version
+    assert "torch" not in pins and "nanogpt-lib" not in pins, "torch is pinned by .ci/run itself; the project is not"
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    wanted = PYPROJECT["project"]["dependencies"] + extras["book"] + extras["dev"]
+    unpinned = [
+        name
+        for req in wanted
+        if ";" not in req and (name := requirement_name(req).replace("_", "-")) not in {"torch", "nanogpt-lib"}
+        and name not in pins
+    ]
+    assert unpinned == [], f"regenerate constraints.txt (README: Updating the pinned versions): {unpinned}"
 
 
 def test_dependencies_have_lower_bounds_only():
@@ -135,3 +177,28 @@ def test_jupyterlab_opens_chapters_as_notebooks():
     settings = json.loads((ROOT / ".jupyter" / "labconfig" / "default_setting_overrides.json").read_text())
     viewers = settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
     assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md", "docs/ARCHITECTURE.md", "bench/README.md"])
+def test_documents_cite_only_files_in_the_repository(doc: str):
+    """The project's documents are self-contained: every document they name exists in the repository."""
+    text = (ROOT / doc).read_text()
+    base = (ROOT / doc).parent
+    linked = re.findall(r"\]\(([^)#:]+\.(?:md|toml|txt|yml|py))\)", text)
+    named = re.findall(r"`([\w./-]+\.md)`", text)
+    missing = [name for name in linked if not (base / name).exists()]
+    ours = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.md") if not {"build", ".venv"} & set(p.parts)]
+    missing += [
+        name
+        for name in named
+        if "NN_" not in name and not any(path == name or path.endswith("/" + name) for path in ours)
+    ]
+    assert missing == [], f"{doc} names documents that are not in the repository: {missing}"
+
+
+def test_contributing_points_to_the_architecture_in_the_repository():
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "docs/ARCHITECTURE.md" in text and "DESIGN" not in text
+    architecture = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    for topic in ("## Layout", "## The export contract", "## Public surface", "Quick mode", "Checkpoints", "Errors"):
+        assert topic in architecture, topic

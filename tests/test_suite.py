@@ -1,0 +1,51 @@
+"""The test suite's own wiring: chapter notebooks are built so that parallel workers never see half a file."""
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import conftest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_chapter_notebooks_are_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
+    """Under `pytest -n N` workers rebuild the notebooks while others read them: the target is only ever renamed into
+    place complete, and an interrupted build leaves the previous notebook and no temporary file."""
+    chapter = ROOT / "chapters" / "00_setup.md"
+    target = conftest.build_notebook(chapter, tmp_path)
+    before = target.read_bytes()
+    assert json.loads(before)["cells"], "a complete notebook"
+    seen = []
+    real_replace = os.replace
+
+    def checked_replace(src, dst):
+        assert Path(dst) == target and target.read_bytes() == before, "the target must not be written in place"
+        seen.append(json.loads(Path(src).read_text()))  # the new file is complete before it is renamed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(conftest.os, "replace", checked_replace)
+    assert conftest.build_notebook(chapter, tmp_path) == target and len(seen) == 1
+    assert json.loads(target.read_text())["cells"][0]["source"] == seen[0]["cells"][0]["source"]
+    before = target.read_bytes()
+
+    def crash(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conftest.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        conftest.build_notebook(chapter, tmp_path)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_parallel_runs_keep_each_file_on_one_worker():
+    """`-n N` means `--dist load` (any test on any worker): a chapter's cells share a kernel, so files stay whole."""
+
+    for given, expected in (("load", "loadfile"), ("loadfile", "loadfile"), ("no", "no")):
+        config = SimpleNamespace(option=SimpleNamespace(dist=given))
+        conftest.pytest_configure(config)
+        assert config.option.dist == expected
