@@ -118,7 +118,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_has_bf16() -> bool:
-    return torch.cuda.is_bf16_supported()
+    """True when the CUDA GPU computes bf16 natively: compute capability 8.0 or newer (Ampere on), or ROCm.
+
+    Older GPUs (T4, V100) only emulate bf16, slowly; `torch.cuda.is_bf16_supported()` counts that
+    emulation as support, so the capability is read instead and those GPUs get fp16 with a grad scaler.
+    """
+    if torch.version.hip:
+        return True
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(torch.cuda.current_device())[0] >= 8
 
 
 @dataclass(frozen=True)
