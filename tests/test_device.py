@@ -174,7 +174,9 @@ def test_command_line_absent_cuda_fails_naming_devices():
     assert "not available on this machine" in r.stderr and "available: " in r.stderr and "cpu" in r.stderr
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_cuda_bf16_only_when_native(monkeypatch, capability, expected):
     """A T4 (7.5) or V100 (7.0) emulates bf16, slowly: it gets fp16 and a gradient scaler; Ampere (8.0) on gets bf16."""
     monkeypatch.delenv(dev.PRECISION_ENV, raising=False)
@@ -189,3 +191,10 @@ def test_cuda_bf16_only_when_native(monkeypatch, capability, expected):
     p = dev.pick_precision("cuda")
     assert p.name == expected
     assert p.needs_grad_scaler == (expected == "fp16")
+
+
+def test_free_memory_on_this_cpu_is_between_zero_and_the_total():
+    free = dev.free_memory("cpu")
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert free is not None and 0 < free <= total
+    assert dev.free_memory("mps") is None  # a device that cannot say: nothing is refused on a guess
