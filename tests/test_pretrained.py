@@ -27,7 +27,8 @@ def hf_model(seed=0, **overrides) -> GPT2LMHeadModel:
     """A small random GPT-2 made by transformers, with non-trivial biases and LayerNorm gains, and MLP inputs
     of order one (where exact and tanh GELU differ)."""
     torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=VOCAB, n_positions=32) | overrides
+    cfg = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0)
+    cfg |= overrides
     model = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -219,3 +220,45 @@ def test_init_model_for_finetuning(hf_folder):
     check_init_from("gpt2-xl")
     with pytest.raises(ValueError, match="--init-from must be"):
         check_init_from("gpt-2")
+
+
+# --- the command line: finetune, resume, export, sample -----------------------------------------
+
+
+def test_command_line_finetunes_resumes_exports_and_samples(hf_folder, tmp_path, capsys):
+    import random
+
+    from nanogpt_lib.cli import main
+    from nanogpt_lib.data import prepare_char_dataset
+    from nanogpt_lib.train import load_checkpoint
+
+    folder, theirs = hf_folder
+    alphabet = [chr(c) for c in range(0x100, 0x100 + VOCAB)]  # a dataset with exactly the model's vocabulary size
+    rng = random.Random(0)
+    prepare_char_dataset("".join(alphabet) + "".join(rng.choice(alphabet) for _ in range(3000)), tmp_path / "data")
+    run = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--block-size", "16", "--batch-size", "2",
+           "--learning-rate", "1e-9", "--min-lr", "1e-10", "--eval-iters", "1", "--eval-interval", "2",
+           "--warmup-iters", "0", "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+    assert main(["train", "--init-from", str(folder), *run, "--max-iters", "2"]) == 0
+    model, _, info = load_checkpoint(tmp_path / "run")
+    assert info["model_config"]["n_embd"] == 64 and info["model_config"]["gelu_approx"] == "tanh"
+    x = ids(2, 16)
+    with torch.no_grad():  # a learning rate of 1e-9 leaves GPT-2's weights as they were
+        torch.testing.assert_close(model(x, all_logits=True)[0], theirs(x).logits, atol=1e-4, rtol=1e-4)
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--max-iters", "4"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last")[2]["step"] == 4
+    capsys.readouterr()
+    assert main(["train", "--init-from", str(folder), *run, "--n-embd", "32", "--overwrite"]) == 1  # GPT-2's sizes
+    assert "--n-embd cannot change when finetuning" in capsys.readouterr().err
+
+    assert main(["export", "--format", "hf", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf_out")]) == 0
+    model = load_checkpoint(tmp_path / "run")[0]
+    exported = GPT2LMHeadModel.from_pretrained(tmp_path / "hf_out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x).logits, model(x, all_logits=True)[0], atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(tmp_path / "hf_out"), "--prompt", alphabet[5], "--max-new-tokens", "8",
+                 "--seed", "1", "--temperature", "0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out.strip()
+    greedy = generate(model, torch.tensor([[5]]), 8, temperature=0)[0].tolist()
+    assert printed == "".join(alphabet[i] for i in greedy)  # the checkpoint's tokenizer, written beside the weights
