@@ -67,8 +67,10 @@ def _add_prepare(sub) -> None:
 def _train(args: argparse.Namespace) -> int:
     from nanogpt_lib.train import TrainConfig, TrainingDiverged, make_config, resume_config, train
 
-    names = {f for f in TrainConfig.__dataclass_fields__ if f not in ("init_from",)}
+    names = set(TrainConfig.__dataclass_fields__)
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if overrides.get("init_from") not in (None, "scratch", "resume") and not args.resume:
+        overrides = _pretrained_sizes(overrides)
     if args.resume:
         out_dir = overrides.pop("out_dir", None) or make_config(args.preset).out_dir
         config = resume_config(out_dir, overrides)
@@ -91,6 +93,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained_sizes(overrides: dict) -> dict:
+    """A finetuning run records the pretrained model's sizes (so that --resume rebuilds the same model)."""
+    import json
+
+    from nanogpt_lib.pretrained import check_init_from, config_from_hf, resolve_pretrained
+
+    check_init_from(overrides["init_from"])
+    config_file = resolve_pretrained(overrides["init_from"]) / "config.json"
+    shape = config_from_hf(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+    sizes = {"n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd, "bias": shape.bias}
+    changed = [f"--{k.replace('_', '-')}" for k, v in sizes.items() if k in overrides and str(overrides[k]) != str(v)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} cannot change when finetuning {overrides['init_from']}: it has its own")
+    return {**overrides, **{k: str(v) for k, v in sizes.items()}}
+
+
 def _add_train(sub) -> None:
     from dataclasses import fields
 
@@ -108,6 +126,10 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder exactly")
     p.add_argument("--overwrite", action="store_true", help="delete a run already in the output folder")
     p.add_argument("--time-budget", metavar="SECONDS", help="train until this many seconds have passed")
+    p.add_argument(
+        "--init-from", metavar="SOURCE", help="finetune from GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
+        "or a folder in Hugging Face's format (the dataset must use GPT-2's tokens)",
+    )  # fmt: skip
     config = p.add_argument_group("config fields")
     for f in fields(TrainConfig):
         if f.name in ("data_dir", "out_dir", "time_budget", "init_from"):
@@ -137,7 +159,12 @@ def _sample(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read the prompt file {args.prompt_file}: {e}") from None
     device = pick_device()
-    model, tokenizer, _ = load_checkpoint(args.ckpt, device=device)
+    from nanogpt_lib.pretrained import is_pretrained_source, load_pretrained_for_sampling
+
+    if is_pretrained_source(args.ckpt):
+        model, tokenizer = load_pretrained_for_sampling(args.ckpt, device)
+    else:
+        model, tokenizer, _ = load_checkpoint(args.ckpt, device=device)
     generator = torch.Generator(device=device)
     if args.seed is not None:
         generator.manual_seed(args.seed)
@@ -168,7 +195,10 @@ def _add_sample(sub) -> None:
         "starts at the beginning of a line (a newline). --temperature 0 means greedy decoding: always the most "
         "likely token. Several samples are printed one after another, separated by a line of dashes.",
     )
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (uses best/, else last/) or a checkpoint")
+    p.add_argument(
+        "--ckpt", required=True, metavar="DIR", help="a run folder (uses best/, else last/), a checkpoint, a folder "
+        "in Hugging Face's format, or a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)",
+    )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="the text to continue (default: empty)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
@@ -185,6 +215,22 @@ def _add_sample(sub) -> None:
     p.set_defaults(run=_sample)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nanogpt_lib.pretrained import export_checkpoint_hf
+
+    out = export_checkpoint_hf(args.ckpt, args.out)
+    print(f"wrote {out}: model.safetensors and config.json in Hugging Face's GPT-2 format")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face's GPT-2)")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a folder transformers loads (default)")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (uses best/, else last/) or a checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.set_defaults(run=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nanogpt",
@@ -195,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_train(sub)
     _add_sample(sub)
+    _add_export(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "Precision",
     "pick_precision",
     "measure_matmul_flops",
+    "free_memory",
     "synchronize",
     "set_seed",
     "environment_report",
@@ -120,7 +121,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_has_bf16() -> bool:
-    return torch.cuda.is_bf16_supported()
+    """True when the CUDA GPU computes bf16 natively: compute capability 8.0 or newer (Ampere on), or ROCm.
+
+    Older GPUs (T4, V100) only emulate bf16, slowly; `torch.cuda.is_bf16_supported()` counts that
+    emulation as support, so the capability is read instead and those GPUs get fp16 with a grad scaler.
+    """
+    if torch.version.hip:
+        return True
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(torch.cuda.current_device())[0] >= 8
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,26 @@ def measure_matmul_flops(
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes free for new tensors on `device` (for a CPU, the OS's available memory); None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
 
 
 def synchronize(device: torch.device | str) -> None:

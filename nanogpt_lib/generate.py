@@ -10,6 +10,8 @@ __all__ = [
     "top_p_filter",
     "sample_next",
     "KVCache",
+    "sample_memory_bytes",
+    "check_sample_fits",
     "next_token_logits",
     "generate_stream",
     "generate",
@@ -26,6 +28,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from nanogpt_lib.device import free_memory
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -72,12 +76,18 @@ def sample_next(
     """The next token (B, 1) from last-position logits (B, vocab): greedy when temperature is 0, else sampled.
 
     The logits are divided by the temperature, cut to the top k, then to the top-p nucleus, and a
-    token is drawn from what is left with `torch.multinomial` (seeded by `generator`).
+    token is drawn from what is left with `torch.multinomial` (seeded by `generator`). A row whose
+    tempered logits overflow (a vanishing temperature) is decoded greedily, the limit it tends to.
     """
     check_sampling_args(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    overflow = ~scaled.amax(dim=-1, keepdim=True).isfinite()
+    if overflow.any():
+        greedy = torch.full_like(scaled, float("-inf")).scatter(-1, logits.argmax(dim=-1, keepdim=True), 0.0)
+        scaled = torch.where(overflow, greedy, scaled)
+    logits = scaled
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -136,6 +146,37 @@ class KVCache:
 
 
 # chapters/06_sampling.md, code cell 17
+def sample_memory_bytes(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> int:
+    """About how many bytes generating `batch` rows of up to `length` tokens needs besides the weights.
+
+    The KV cache (keys and values of every layer for the whole context), one forward pass's widest
+    activations (the MLP's 4x-wide layer and the attention scores) and the float32 logits and probabilities.
+    """
+    c = model.config
+    T = min(length, c.block_size)
+    size = next(model.parameters()).element_size()
+    cache = 2 * c.n_layer * batch * c.block_size * c.n_embd * size if use_cache else 0
+    widest = batch * T * (8 * c.n_embd + c.n_head * T) * size
+    return cache + widest + 2 * batch * c.vocab_size * 4
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_sample_fits(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> None:
+    """Refuse, before anything is allocated, a request whose estimate exceeds the device's free memory."""
+    device = next(model.parameters()).device
+    need, free = sample_memory_bytes(model, batch, length, use_cache), free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"{batch} samples of up to {length} tokens needs about {_bytes(need)} of memory (mostly the KV cache "
+            f"of {model.config.n_layer} layers x {model.config.block_size} positions per sample), but only "
+            f"{_bytes(free)} is free on {device}; ask for fewer samples at once (--num-samples)"
+        )
+
+
+# chapters/06_sampling.md, code cell 19
 def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
     """Logits (B, vocab) for the token after `idx` (B, T), exactly as a full forward pass would give them.
 
@@ -180,6 +221,7 @@ def generate_stream(
         raise ValueError(f"idx must be (batch, time) token ids with at least one token, got shape {tuple(idx.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_sample_fits(model, idx.size(0), idx.size(1) + max_new_tokens, use_cache)
     was_training = model.training
     model.eval()
     try:
@@ -221,7 +263,7 @@ def generate(
     return torch.cat([idx, *new], dim=1)
 
 
-# chapters/06_sampling.md, code cell 20
+# chapters/06_sampling.md, code cell 22
 DEFAULT_PROMPT = "\n"
 
 

@@ -28,7 +28,11 @@ from nanogpt_lib.attention import CausalSelfAttention, KVCacheProtocol
 
 @dataclass
 class GPTConfig:
-    """The shape of a GPT: vocabulary, context length, depth, heads, width, dropout, biases."""
+    """The shape of a GPT: vocabulary, context length, depth, heads, width, dropout, biases, GELU's form.
+
+    `gelu_approx` is PyTorch's `approximate` argument of GELU: "none" (exact, the default) or "tanh"
+    (GPT-2's own form, which its released weights were trained with; chapter 8 loads them).
+    """
 
     vocab_size: int
     block_size: int
@@ -37,6 +41,7 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    gelu_approx: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -56,6 +61,8 @@ class GPTConfig:
         self.dropout = float(self.dropout)
         if not isinstance(self.bias, bool):
             raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
+        if self.gelu_approx not in ("none", "tanh"):
+            raise ValueError(f"GPTConfig.gelu_approx must be 'none' (exact GELU) or 'tanh', got {self.gelu_approx!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -70,7 +77,11 @@ class GPTConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; `gelu_approx` only when it is not the default, as checkpoints from before it had."""
+        d = asdict(self)
+        if d["gelu_approx"] == "none":
+            del d["gelu_approx"]
+        return d
 
 
 # chapters/04_gpt.md, code cell 11
@@ -80,7 +91,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approx)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -113,8 +124,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
 
-    `forward(idx, targets=None, cache=None)` returns `(logits, loss)`: logits (B, T, vocab_size) for every
-    position, and the mean cross-entropy against `targets` (B, T) when given (target -1 is ignored), else None.
+    `forward(idx, targets=None, cache=None, all_logits=False)` returns `(logits, loss)`. With `targets` (B, T)
+    the logits are (B, T, vocab_size), every position's, and the loss their mean cross-entropy (target -1
+    is ignored). Without targets (inference) only the last position's logits are computed, (B, 1, vocab_size),
+    and the loss is None: the next token needs nothing more, and the head is the largest matrix product
+    with a 50,257-token vocabulary. `all_logits=True` asks for every position's logits anyway (to score a
+    text, to compare with a full pass); `lm_head(forward_hidden(idx))` is the same thing spelt out.
 
     KV cache (chapter 06): `cache` is any object with `pos` (positions already cached) and
     `update(layer, k, v)` (see `nanogpt_lib.attention.KVCacheProtocol`). The model reads `cache.pos`
@@ -177,13 +192,24 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)
         return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCacheProtocol | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_hidden(self, idx: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd), after the last LayerNorm: what the LM head reads."""
         x = self._embed(idx, 0 if cache is None else cache.pos)
         for i, block in enumerate(self.transformer.h):
             x = block(x, i, cache)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCacheProtocol | None = None,
+        all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.forward_hidden(idx, cache)
+        if targets is None and not all_logits:
+            x = x[:, [-1], :]  # inference: only the next token's logits (the list index keeps the time axis)
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
@@ -199,3 +225,11 @@ class GPT(nn.Module):
             x, w = block(x, i, return_weights=True)
             weights.append(w)
         return weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> GPT:
+        """GPT-2's released weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or a local folder in
+        Hugging Face's format, in this model; see `nanogpt_lib.pretrained.load_hf_gpt2` (chapter 8)."""
+        from nanogpt_lib.pretrained import load_hf_gpt2  # imported here: that module imports this one
+
+        return load_hf_gpt2(name_or_path, **kwargs)

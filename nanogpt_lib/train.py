@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from nanogpt_lib.data import get_batch, load_prepared, sha256_of, tokenizer_from_meta
 from nanogpt_lib.device import Precision, pick_device, pick_precision
 from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.pretrained import check_init_from, init_model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -294,7 +295,7 @@ class TrainConfig:
 
     data_dir: str = "data/shakespeare_char"
     out_dir: str = "out/shakespeare_char"
-    init_from: str = "scratch"  # "scratch", or "resume" from out_dir/last
+    init_from: str = "scratch"  # "scratch", "resume" from out_dir/last, or GPT-2 weights (chapter 8)
     # the model
     n_layer: int = 4
     n_head: int = 4
@@ -347,8 +348,7 @@ class TrainConfig:
             raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
-        if self.init_from not in ("scratch", "resume"):
-            raise ValueError(f"--init-from must be 'scratch' or 'resume', got {self.init_from!r}")
+        check_init_from(self.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
         self.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
@@ -600,7 +600,8 @@ def train(
         _check_resumable(resumed, model_config, data.meta["tokenizer"], out)
 
     torch.manual_seed(config.seed)
-    model = GPT(model_config).to(device)
+    model = init_model(config.init_from, model_config, resumed).to(device)
+    model_config = model.config  # GPT-2's weights bring their own sizes (chapter 8)
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2))
     scaler = precision.grad_scaler()
     batches = torch.Generator().manual_seed(config.seed)  # where we are in the data

@@ -188,3 +188,29 @@ def test_command_line_absent_cuda_fails_naming_devices():
     r = _run("from nanogpt_lib.device import pick_device; print(pick_device())", NANOGPT_DEVICE="cuda")
     assert r.returncode != 0
     assert "not available on this machine" in r.stderr and "available: " in r.stderr and "cpu" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
+def test_cuda_bf16_only_when_native(monkeypatch, capability, expected):
+    """A T4 (7.5) or V100 (7.0) emulates bf16, slowly: it gets fp16 and a gradient scaler; Ampere (8.0) on gets bf16."""
+    monkeypatch.delenv(dev.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    # PyTorch's own answer counts emulation as support unless told not to, as the real function does
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or capability >= (8, 0)
+    )
+    p = dev.pick_precision("cuda")
+    assert p.name == expected
+    assert p.needs_grad_scaler == (expected == "fp16")
+
+
+def test_free_memory_on_this_cpu_is_between_zero_and_the_total():
+    free = dev.free_memory("cpu")
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert free is not None and 0 < free <= total
+    assert dev.free_memory("mps") is None  # a device that cannot say: nothing is refused on a guess

@@ -11,6 +11,7 @@ from nanogpt_lib.generate import (
     generate_stream,
     generate_text,
     next_token_logits,
+    sample_memory_bytes,
     sample_next,
     stream_text,
     top_k_filter,
@@ -116,10 +117,10 @@ def test_cache_gives_the_full_forward_logits(chunks):
     model = make()
     seq = prompt(2, BLOCK)
     with torch.no_grad():
-        full = model(seq)[0]
+        full = model(seq, all_logits=True)[0]
         cache, parts, start = KVCache.for_model(model), [], 0
         for n in chunks:
-            parts.append(model(seq[:, start : start + n], cache=cache)[0])
+            parts.append(model(seq[:, start : start + n], cache=cache, all_logits=True)[0])
             cache.advance(n)
             start += n
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
@@ -333,3 +334,44 @@ def test_stream_text_with_byte_level_bpe_never_shows_half_a_character():
         out = generate(model, encode_prompt(bpe, "café"), 60, generator=torch.Generator().manual_seed(seed))
         # what was shown never changes afterwards: the pieces add up to the decoded text, character for character
         assert "".join(pieces) == bpe.decode(out[0, len(bpe.encode("café")) :].tolist())
+
+
+# --- limits: vanishing temperatures, requests too large for memory ----------------------------
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 1e-300, 5e-324])
+def test_a_temperature_that_underflows_is_greedy_decoding(temperature):
+    model = make()
+    logits = torch.randn(4, 37, generator=torch.Generator().manual_seed(0)) * 30
+    logits[0, :2] = 1e9  # a tie that dividing by a tiny temperature turns into inf == inf: greedy keeps the first
+    assert sample_next(logits, temperature).view(-1).tolist() == logits.argmax(-1).tolist()
+    greedy = generate(model, prompt(3, 4), 20, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(model, prompt(3, 4), 20, temperature=temperature, generator=g), greedy)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(model, prompt(3, 4), 20, temperature=temperature, top_p=0.9, generator=g), greedy)
+
+
+def test_sample_memory_estimate_covers_what_generation_allocates():
+    model = make()
+    cache = KVCache.for_model(model)
+    with torch.no_grad():
+        model(prompt(5, 10), cache=cache)
+    cached = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    estimate = sample_memory_bytes(model, batch=5, length=10)
+    assert cached <= estimate < 4 * cached + 5 * 37 * 4 * 8  # the cache, plus one step's activations and logits
+
+
+def test_a_sample_request_too_large_for_memory_is_refused_up_front(monkeypatch):
+    import nanogpt_lib.generate as gen
+
+    model = make()
+    need = sample_memory_bytes(model, batch=1000, length=4 + 5)  # the prompt and the new tokens
+    monkeypatch.setattr(gen, "free_memory", lambda device: need // 2)
+    with pytest.raises(ValueError, match=r"1000 samples of up to 9 tokens needs about .*B.*free") as e:
+        generate(model, prompt(1000, 4), 5)
+    assert f"about {need / 2**20:.1f} MiB" in str(e.value) and f"only {need / 2 / 2**20:.1f} MiB" in str(e.value)
+    monkeypatch.setattr(gen, "free_memory", lambda device: 2 * need)
+    assert generate(model, prompt(1000, 4), 2).shape == (1000, 6)
+    monkeypatch.setattr(gen, "free_memory", lambda device: None)  # unknown: nothing is refused
+    assert generate(model, prompt(10, 4), 2).shape == (10, 6)

@@ -79,6 +79,20 @@ def test_forward_shapes_and_initial_loss():
     assert torch.isfinite(m(idx, targets)[1])
 
 
+def test_inference_computes_only_the_last_positions_logits():
+    """Without targets only the next token's logits are computed (a 50,257-token head is costly); all_logits asks."""
+    m = make(vocab_size=65, n_embd=64).eval()
+    idx, targets = torch.randint(0, 65, (3, 16)), torch.randint(0, 65, (3, 16))
+    with torch.no_grad():
+        every, _ = m(idx, targets)
+        last, loss = m(idx)
+        assert last.shape == (3, 1, 65) and loss is None
+        torch.testing.assert_close(last, every[:, -1:])
+        torch.testing.assert_close(m(idx, all_logits=True)[0], every)
+        # the explicit route to every position's logits: the final hidden states through the head
+        torch.testing.assert_close(m.lm_head(m.forward_hidden(idx)), every)
+
+
 def test_too_long_sequence_names_both_numbers():
     m = make()
     with pytest.raises(ValueError, match=r"17.*block_size 16"):
@@ -114,10 +128,10 @@ def test_cache_path_equals_full_forward(chunks):
     m = make()
     idx = torch.randint(0, 37, (2, 16))
     with torch.no_grad():
-        full = m(idx)[0]
+        full = m(idx, all_logits=True)[0]
         cache, parts, start = ListCache(), [], 0
         for n in chunks:
-            parts.append(m(idx[:, start : start + n], cache=cache)[0])
+            parts.append(m(idx[:, start : start + n], cache=cache, all_logits=True)[0])
             start += n
             cache.pos = start  # the caller advances the cache, never the model
     assert sorted(cache.kv) == [0, 1, 2]
@@ -128,7 +142,7 @@ def test_bf16_autocast_matches_fp32():
     m = make()
     idx = torch.randint(0, 37, (4, 16))
     with torch.no_grad():
-        ref = m(idx)[0]
+        ref = m(idx, all_logits=True)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low, loss = m(idx, idx)
     assert low.dtype == torch.bfloat16 and loss.dtype == torch.float32
