@@ -12,7 +12,7 @@ __all__ = [
 ]
 
 
-# chapters/03_attention.md, code cell 14
+# chapters/03_attention.md, code cell 16
 import functools
 import math
 from typing import Protocol

@@ -466,7 +466,7 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
-# chapters/01_data.md, code cell 25
+# chapters/01_data.md, code cell 26
 class BigramLanguageModel(nn.Module):
     """The next token's logits from the current token alone: a learned (vocab_size x vocab_size) table."""
 
