@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = make_config(args.preset, overrides)
     try:
-        result = train(config, overwrite=args.overwrite)
+        result = train(config, overwrite=args.overwrite, progress=not args.quiet, reuse_memory=True)
     except TrainingDiverged as e:
         print(f"nanogpt train: stopped: {e}", file=sys.stderr)
         return 1
@@ -112,7 +112,7 @@ def _pretrained_sizes(overrides: dict) -> dict:
 def _add_train(sub) -> None:
     from dataclasses import fields
 
-    from nanogpt_lib.train import DEFAULT_PRESET, PRESETS, TrainConfig
+    from nanogpt_lib.train import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
 
     p = sub.add_parser(
         "train",
@@ -125,17 +125,22 @@ def _add_train(sub) -> None:
     p.add_argument("--out", dest="out_dir", metavar="DIR", help="where checkpoints and metrics.jsonl go")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder exactly")
     p.add_argument("--overwrite", action="store_true", help="delete a run already in the output folder")
-    p.add_argument("--time-budget", metavar="SECONDS", help="train until this many seconds have passed")
+    p.add_argument(
+        "--time-budget", metavar="SECONDS", help="train for this many seconds instead of --max-iters; with --resume, "
+        "this many more seconds (the time of earlier runs does not count)"
+    )
     p.add_argument(
         "--init-from", metavar="SOURCE", help="finetune from GPT-2's weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
         "or a folder in Hugging Face's format (the dataset must use GPT-2's tokens)",
     )  # fmt: skip
-    config = p.add_argument_group("config fields")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines; only the final summary")
+    defaults = make_config(DEFAULT_PRESET)
+    config = p.add_argument_group(f"config fields (defaults: the {DEFAULT_PRESET} preset)")
     for f in fields(TrainConfig):
         if f.name in ("data_dir", "out_dir", "time_budget", "init_from"):
             continue
         flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        config.add_argument(*flags, dest=f.name, metavar="VALUE", help=f"default {f.default!r}")
+        config.add_argument(*flags, dest=f.name, metavar="VALUE", help=f"default {getattr(defaults, f.name)!r}")
     p.set_defaults(run=_train)
 
 

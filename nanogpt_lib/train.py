@@ -31,6 +31,23 @@ __all__ = [
     "TrainResult",
     "RUN_FILES",
     "train",
+    "Run",
+    "start_run",
+    "memory_needed",
+    "available_memory",
+    "check_memory",
+    "elapsed",
+    "learning_rate",
+    "train_step",
+    "stop_reason",
+    "step_metrics",
+    "validation_loss",
+    "save_run",
+    "show_progress",
+    "log_metrics",
+    "close_run",
+    "leave_group",
+    "run_result",
 ]
 
 
@@ -48,7 +65,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -124,7 +141,7 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-# chapters/05_training.md, code cell 16
+# chapters/05_training.md, code cell 15
 def fixed_windows(
     tokens: Any, n_windows: int, block_size: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,17 +157,17 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total = 0.0
+    total = torch.zeros((), device=device)  # summed on the device: one wait for it, at the end
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         with precision.autocast() if precision else nullcontext():
             _, loss = model(xb, yb)
-        total += loss.item() * len(xb)
+        total += loss.float() * len(xb)
     model.train(was_training)
-    return total / max(1, len(x))
+    return total.item() / max(1, len(x))
 
 
-# chapters/05_training.md, code cell 18
+# chapters/05_training.md, code cell 17
 CHECKPOINT_FORMAT = "nanogpt-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors")
@@ -288,7 +305,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
     return model, tokenizer, info
 
 
-# chapters/05_training.md, code cell 20
+# chapters/05_training.md, code cell 19
 @dataclass
 class TrainConfig:
     """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
@@ -304,19 +321,19 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     # optimization
-    batch_size: int = 12
+    batch_size: int = 32
     gradient_accumulation_steps: int = 1
-    max_iters: int = 2000
-    time_budget: float | None = None
-    learning_rate: float = 1e-3
+    max_iters: int = 1500
+    time_budget: float | None = None  # seconds for this invocation (on --resume: more time), replaces max_iters
+    learning_rate: float = 3e-3
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
     decay_lr: bool = True
-    warmup_iters: int = 100
+    warmup_iters: int = 50
     lr_decay_iters: int | None = None
-    min_lr: float = 1e-4
+    min_lr: float = 3e-4
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 20
@@ -329,12 +346,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name))
+        finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
+        for name in finite:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{_option(name)} must be a finite number, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {self.seed}")
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
         positive += ("max_iters", "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr", "seed"):
+        for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_option(name)} must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.min_lr > self.learning_rate:
@@ -359,6 +383,7 @@ class TrainConfig:
         )  # fmt: skip
 
 
+# chapters/05_training.md, code cell 20
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -413,15 +438,14 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     return replace(config, **changes)
 
 
+# chapters/05_training.md, code cell 21
 _TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
 DEFAULT_PRESET = "shakespeare_char"
 PRESETS: dict[str, dict[str, Any]] = {
-    # the CPU default: the lowest validation loss after one minute on a 2-core CPU in a sweep of depth,
-    # width, context, batch and learning rate (bench/README.md); 1,500 steps take about a minute there
-    "shakespeare_char": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, learning_rate=3e-3, min_lr=3e-4,
-        max_iters=1500, warmup_iters=50, eval_interval=250, eval_iters=20,
-    ),
+    # the CPU default is TrainConfig's own defaults (one source of truth, shown by `nanogpt train --help`):
+    # the lowest validation loss after one minute on a 2-core CPU in a sweep of depth, width, context,
+    # batch and learning rate (bench/README.md)
+    "shakespeare_char": {},
     # nanoGPT's GPU configuration for the same data: 6 layers, 384 wide, 256 characters of context
     "shakespeare_char_gpu": dict(
         out_dir="out/shakespeare_char_gpu", n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
@@ -453,7 +477,7 @@ def _last_checkpoint(out: Path) -> Path:
     raise CheckpointError(f"no checkpoint to resume in {out} (no last/state.json); train without --resume first")
 
 
-# chapters/05_training.md, code cell 22
+# chapters/05_training.md, code cell 23
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -558,29 +582,145 @@ def _gather_rng(device: torch.device, world: int) -> dict[str, list[str]]:
     return {key: [r[key] for r in everyone] for key in mine}
 
 
+# chapters/05_training.md, code cell 24
 def train(
     config: TrainConfig,
     overwrite: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
+    reuse_memory: bool = False,
 ) -> TrainResult:
     """Train the GPT described by `config` on `config.data_dir`, writing metrics and checkpoints to `config.out_dir`.
 
     `config.init_from == "resume"` continues the run in `out_dir` exactly; otherwise a folder that already
     holds a run is refused unless `overwrite`. `callback(row)` is called with every metrics row (on the
-    first process). `progress` shows a progress bar (default: on a terminal or in a notebook). Under
-    `torchrun` every process calls this; the batches are split between them and only rank 0 writes.
+    first process). `progress` shows a progress bar on stderr, with a line per evaluation (default: on a
+    terminal or in a notebook). `reuse_memory=True` calls `keep_freed_memory()` on a CPU first: a change
+    to the whole process's allocator, so it is off unless asked for (the `nanogpt train` command asks).
+    Under `torchrun` every process calls this; the batches are split between them and only rank 0 writes.
     Ctrl-C stops after the current step and saves; a NaN or infinite loss raises TrainingDiverged.
-    On a CPU it calls `keep_freed_memory()` first.
     """
+    run = start_run(config, overwrite, callback, progress, reuse_memory)
+    stopped = ""
+    try:
+        with _StopFlag() as flag:
+            if run.step == 0:  # the untrained model's loss: the start of the curve
+                log_metrics(run, {"step": 0, "train_loss": None, "val_loss": validation_loss(run),
+                                  "lr": learning_rate(run), "tokens_per_s": None, "elapsed_s": elapsed(run)})
+            if not config.time_budget and run.step >= config.max_iters:
+                stopped = "max_iters"  # a finished run, resumed: nothing to do
+            while not stopped:
+                train_step(run)
+                show_progress(run)
+                at_log = run.step % config.log_interval == 0 or run.step % config.eval_interval == 0
+                stopped = stop_reason(run, flag.requested, at_log)
+                if not (stopped or at_log):
+                    continue  # the device runs ahead: nothing waits for it between logs
+                row = step_metrics(run)
+                evaluate_now = stopped or run.step % config.eval_interval == 0
+                if evaluate_now and stopped != "interrupted":
+                    row["val_loss"] = validation_loss(run)
+                if evaluate_now:
+                    save_run(run, row.get("val_loss"))
+                log_metrics(run, row)
+    finally:
+        close_run(run)
+    leave_group(run)
+    return run_result(run, stopped)
+
+
+# chapters/05_training.md, code cell 25
+@dataclass
+class Run:
+    """The state of one training run, shared by the functions the training loop calls."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    precision: Precision
+    data: Any  # the prepared dataset (load_prepared)
+    model_config: GPTConfig
+    out: Path
+    raw: GPT  # the model itself
+    model: nn.Module  # what the forward pass calls: `raw`, or `raw` wrapped in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: torch.Generator  # where we are in the training data
+    val_x: torch.Tensor  # this process's share of the fixed validation windows
+    val_y: torch.Tensor
+    step: int = 0
+    best: float | None = None  # the lowest validation loss so far
+    saved: int | None = None  # the step of the checkpoint in out/last, once there is one
+    elapsed_before: float = 0.0  # seconds spent by earlier invocations of a resumed run
+    own_group: bool = False  # this run started the process group (and ends it)
+    loss_sum: torch.Tensor | None = None  # training losses since the last log, summed on the device
+    grad_norm: torch.Tensor | None = None  # the last step's gradient norm, on the device
+    lr: float = 0.0
+    steps_since_log: int = 0
+    tokens_since_log: int = 0
+    step_cost: float = 0.0  # seconds the last step took on the host
+    eval_cost: float = 0.0  # seconds the last evaluation took
+    all_tokens: int = 0
+    all_busy: float = 0.0
+    start: float = 0.0  # time.perf_counter() when this invocation's loop began
+    since_log: float = 0.0  # time.perf_counter() at the end of the last log
+    history: list[dict[str, Any]] = field(default_factory=list)
+    callback: Callable[[dict[str, Any]], None] | None = None
+    log_file: Any = None
+    bar: Any = None
+
+
+# chapters/05_training.md, code cell 26
+def start_run(
+    config: TrainConfig,
+    overwrite: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | None = None,
+    reuse_memory: bool = False,
+) -> Run:
+    """Everything before the first step: checks, the output folder, model, optimizer, resume, processes, log."""
     rank, world, local_rank = _distributed()
     device = pick_device(None if config.device == "auto" else config.device)
-    if device.type == "cpu":
+    if reuse_memory and device.type == "cpu":
         keep_freed_memory()
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     precision = pick_precision(device, None if config.precision == "auto" else config.precision)
+    data = _load_data(config, world)
+    model_config = config.model_config(data.vocab_size)
+    check_memory(config, model_config, device)
+    out = Path(config.out_dir)
+    resumed = _prepare_out_dir(out, config, overwrite, rank)
+    if resumed is not None:
+        _check_resumable(resumed, model_config, data.meta["tokenizer"], out)
+
+    torch.manual_seed(config.seed)
+    raw = init_model(config.init_from, model_config, resumed).to(device)
+    model_config = raw.config  # GPT-2's weights bring their own sizes (chapter 8)
+    optimizer = make_optimizer(raw, config.learning_rate, config.weight_decay, (config.beta1, config.beta2))
+    batches = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed + rank)  # dropout: different masks on every process
+    val_x, val_y = fixed_windows(data.val, config.eval_iters * config.batch_size, config.block_size)
+    run = Run(config=config, rank=rank, world=world, device=device, precision=precision, data=data,
+              model_config=model_config, out=out, raw=raw, model=raw, optimizer=optimizer,
+              scaler=precision.grad_scaler(), batches=batches, val_x=val_x[rank::world], val_y=val_y[rank::world],
+              loss_sum=torch.zeros((), device=device), callback=callback)  # fmt: skip
+    if resumed is not None:
+        _restore(run, resumed)
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            run.own_group = True
+        device_ids = [device.index] if device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(raw, device_ids=device_ids)
+    _open_log(run, progress)
+    return run
+
+
+# chapters/05_training.md, code cell 27
+def _load_data(config: TrainConfig, world: int) -> Any:
     if config.gradient_accumulation_steps % world:
         raise ValueError(
             f"--gradient-accumulation-steps ({config.gradient_accumulation_steps}) must be a multiple of the "
@@ -593,190 +733,274 @@ def train(
                 f"the {split} split of {config.data_dir} has {len(tokens)} tokens, fewer than block_size + 1 = "
                 f"{config.block_size + 1}; use a smaller --block-size or more text"
             )
-    model_config = config.model_config(data.vocab_size)
-    out = Path(config.out_dir)
-    resumed = _prepare_out_dir(out, config, overwrite, rank)
-    if resumed is not None:
-        _check_resumable(resumed, model_config, data.meta["tokenizer"], out)
+    return data
 
-    torch.manual_seed(config.seed)
-    model = init_model(config.init_from, model_config, resumed).to(device)
-    model_config = model.config  # GPT-2's weights bring their own sizes (chapter 8)
-    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2))
-    scaler = precision.grad_scaler()
-    batches = torch.Generator().manual_seed(config.seed)  # where we are in the data
-    torch.manual_seed(config.seed + rank)  # dropout: different masks on every process
-    step, best, elapsed_before = 0, None, 0.0
-    if resumed is not None:
-        folder = _last_checkpoint(out)
-        _load_weights(model, folder / "model.safetensors")
-        _load_moments(optimizer, folder / "optimizer.safetensors")
-        batches.set_state(_decode_bytes(resumed["rng"]["batches"]))
-        if resumed.get("world_size") == world:  # the same processes: every dropout generator continues too
-            torch.set_rng_state(_decode_bytes(resumed["rng"]["torch"][rank]))
-            if device.type == "cuda" and "cuda" in resumed["rng"]:
-                torch.cuda.set_rng_state(_decode_bytes(resumed["rng"]["cuda"][rank]), device)
-        step, best, elapsed_before = resumed["step"], resumed.get("best_val_loss"), resumed.get("elapsed_s", 0.0)
-    raw, own_group = model, False
-    if world > 1:
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            own_group = True
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    B, T, accum = config.batch_size, config.block_size, config.gradient_accumulation_steps
-    mine = range(rank * accum // world, (rank + 1) * accum // world)  # this process's micro-batches
-    val_x, val_y = fixed_windows(data.val, config.eval_iters * B, T)
-    val_x, val_y = val_x[rank::world], val_y[rank::world]
-    decay_iters = config.lr_decay_iters or config.max_iters
+def _restore(run: Run, resumed: dict[str, Any]) -> None:
+    """Load the weights, moments and generator states of the checkpoint in out/last over a fresh start."""
+    folder = _last_checkpoint(run.out)
+    _load_weights(run.raw, folder / "model.safetensors")
+    _load_moments(run.optimizer, folder / "optimizer.safetensors")
+    run.batches.set_state(_decode_bytes(resumed["rng"]["batches"]))
+    if resumed.get("world_size") == run.world:  # the same processes: every dropout generator continues too
+        torch.set_rng_state(_decode_bytes(resumed["rng"]["torch"][run.rank]))
+        if run.device.type == "cuda" and "cuda" in resumed["rng"]:
+            torch.cuda.set_rng_state(_decode_bytes(resumed["rng"]["cuda"][run.rank]), run.device)
+    run.step, run.best, run.saved = resumed["step"], resumed.get("best_val_loss"), resumed["step"]
+    run.elapsed_before = resumed.get("elapsed_s", 0.0)
 
-    def learning_rate(step: int, elapsed: float) -> float:
-        if not config.decay_lr:
-            return config.learning_rate
-        progress = elapsed / config.time_budget if config.time_budget else None
-        return lr_at(step, config.learning_rate, config.min_lr, config.warmup_iters, decay_iters, progress)
 
-    def validation_loss() -> float:
-        loss = evaluate(raw, val_x, val_y, B, precision) * len(val_x)
-        if world > 1:
-            total = torch.tensor([loss, len(val_x)], dtype=torch.float64, device=device)
-            dist.all_reduce(total)
-            return (total[0] / total[1]).item()
-        return loss / len(val_x)
+# chapters/05_training.md, code cell 28
+def memory_needed(config: TrainConfig, model_config: GPTConfig) -> tuple[int, int]:
+    """Rough lower bounds, in bytes, of the memory training and evaluation need: `(training, evaluation)`."""
+    B, T, C = config.batch_size, config.block_size, model_config.n_embd
+    L, H, V = model_config.n_layer, model_config.n_head, model_config.vocab_size
+    weights = 4 * (V * C + T * C + 12 * L * C * C)  # fp32; 12 C^2 per block: attention 4 C^2, MLP 8 C^2
+    activations = 4 * B * T * (L * (16 * C + H * T) + 2 * V)
+    windows = 2 * 8 * config.eval_iters * B * T
+    return 4 * weights + activations, weights + windows + 4 * B * T * V
 
-    def save(val_loss: float | None) -> None:
-        nonlocal best
-        improved = val_loss is not None and (best is None or val_loss < best)
-        best = val_loss if improved else best
-        rng = _gather_rng(device, world)  # every process takes part
-        if rank == 0:
-            state = {
-                "step": step, "elapsed_s": elapsed(), "val_loss": val_loss, "best_val_loss": best,
-                "model_config": model_config.to_dict(), "train_config": asdict(config),
-                "tokenizer": data.meta["tokenizer"], "world_size": world,
-                "rng": {"batches": _encode_bytes(batches.get_state()), **rng},
-                "data": {"dir": str(config.data_dir), "source_sha256": data.meta.get("source_sha256")},
-            }  # fmt: skip
-            save_checkpoint(out / "last", raw, optimizer, state)
-            if improved:
-                tmp = out / "best.tmp"
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                shutil.copytree(out / "last", tmp)
-                _swap_in(tmp, out / "best")
 
-    history: list[dict[str, Any]] = []
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out / "metrics.jsonl", step)
-    log_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115
-
-    def log(row: dict[str, Any]) -> None:
-        history.append(row)
-        if log_file is not None:
-            log_file.write(json.dumps(row) + "\n")
-            log_file.flush()
-            if callback is not None:
-                callback(row)
-
-    show = progress if progress is not None else (sys.stderr.isatty() or "ipykernel" in sys.modules)
-    total = round(config.time_budget) if config.time_budget else config.max_iters
-    bar = tqdm(total=total, initial=0 if config.time_budget else step, disable=rank != 0 or not show,
-               unit="s" if config.time_budget else "step", dynamic_ncols=True)  # fmt: skip
-    start = time.perf_counter()
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - start
-
-    losses, tokens, busy, eval_cost, step_cost, stopped = [], 0, 0.0, 0.0, 0.0, ""
-    all_tokens, all_busy = 0, 0.0
-    val_loss = None
+def available_memory(device: torch.device) -> int | None:
+    """Bytes of memory a run on `device` can still use: free CUDA memory, else the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     try:
-        with _StopFlag() as flag:
-            if step == 0:
-                t0 = time.perf_counter()
-                val_loss = validation_loss()
-                eval_cost = time.perf_counter() - t0
-                log({"step": 0, "train_loss": None, "val_loss": val_loss, "lr": learning_rate(0, 0.0),
-                     "tokens_per_s": None, "elapsed_s": elapsed()})  # fmt: skip
-            if elapsed_before >= config.time_budget if config.time_budget else step >= config.max_iters:
-                stopped = "time_budget" if config.time_budget else "max_iters"  # a finished run, resumed: nothing to do
-            while not stopped:
-                t0 = time.perf_counter()
-                lr = learning_rate(step, elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x_all, y_all = get_batch(data.train, B * accum, T, device, generator=batches)
-                loss_sum = torch.zeros((), device=device)
-                for j, micro in enumerate(mine):
-                    x, y = x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B]
-                    last_micro = j == len(mine) - 1
-                    with nullcontext() if world == 1 or last_micro else model.no_sync():
-                        with precision.autocast():
-                            _, loss = model(x, y)
-                        scaler.scale(loss / len(mine)).backward()
-                    loss_sum += loss.detach()
-                # one number per step that every process agrees on: the loss, a stop request, the time
-                shared = torch.tensor([loss_sum.item() / len(mine), float(flag.requested), elapsed()], device=device)
-                if world > 1:
-                    dist.all_reduce(shared)
-                    shared /= world
-                train_loss, stop_requested, now = shared.tolist()
-                if not math.isfinite(train_loss):
-                    raise TrainingDiverged(
-                        f"the training loss became {train_loss} at step {step + 1}: the run diverged. "
-                        f"The last good checkpoint is kept in {out / 'last'}; lower --learning-rate or raise "
-                        "--warmup-iters, then start over with --overwrite (or --resume from it)"
-                    )
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip) if config.grad_clip else None
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                losses.append(train_loss)
-                tokens += B * accum * T
-                step_cost = time.perf_counter() - t0
-                busy += step_cost
+        with open("/proc/meminfo", encoding="ascii") as f:  # Linux: MemAvailable counts reclaimable caches
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
-                if stop_requested:
-                    stopped = "interrupted"
-                elif config.time_budget and now + step_cost + eval_cost >= config.time_budget:
-                    stopped = "time_budget"
-                elif not config.time_budget and step >= config.max_iters:
-                    stopped = "max_iters"
-                bar.update(min(round(now), total) - bar.n if config.time_budget else 1)
-                if stopped or step % config.log_interval == 0 or step % config.eval_interval == 0:
-                    row = {"step": step, "train_loss": sum(losses) / len(losses), "val_loss": None, "lr": lr,
-                           "tokens_per_s": tokens / busy, "elapsed_s": elapsed()}  # fmt: skip
-                    if grad_norm is not None:
-                        row["grad_norm"] = grad_norm.item()
-                    if stopped != "interrupted" and (stopped or step % config.eval_interval == 0):
-                        t1 = time.perf_counter()
-                        val_loss = row["val_loss"] = validation_loss()
-                        eval_cost = time.perf_counter() - t1
-                    if stopped or step % config.eval_interval == 0:
-                        save(row["val_loss"])
-                    if row["val_loss"] is None:
-                        del row["val_loss"]
-                    log(row)
-                    all_tokens, all_busy = all_tokens + tokens, all_busy + busy
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}" if val_loss else "-")
-                    losses, tokens, busy = [], 0, 0.0
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-    if world > 1:
+
+def check_memory(config: TrainConfig, model_config: GPTConfig, device: torch.device) -> None:
+    """Refuse, with the estimate and the limit, a run whose batch or evaluation cannot fit in memory."""
+    limit = available_memory(device)
+    if limit is None:
+        return
+    training, evaluation = memory_needed(config, model_config)
+    gib = 2**30
+    if training > limit:
+        raise ValueError(
+            f"a training step with --batch-size {config.batch_size} and --block-size {config.block_size} needs at "
+            f"least {training / gib:,.1f} GiB, more than the {limit / gib:,.1f} GiB available on {device}: lower "
+            "--batch-size (and raise --gradient-accumulation-steps to keep the batch per step) or --block-size"
+        )
+    if evaluation > limit:
+        raise ValueError(
+            f"evaluating --eval-iters {config.eval_iters} batches of {config.batch_size} windows needs at least "
+            f"{evaluation / gib:,.1f} GiB, more than the {limit / gib:,.1f} GiB available on {device}: "
+            "lower --eval-iters"
+        )
+
+
+# chapters/05_training.md, code cell 29
+def elapsed(run: Run) -> float:
+    """Seconds of training in this run so far, earlier invocations of a resumed run included."""
+    return run.elapsed_before + time.perf_counter() - run.start
+
+
+def learning_rate(run: Run) -> float:
+    """The scheduled learning rate of the next step; a time budget decays over the time this run will have had."""
+    c = run.config
+    if not c.decay_lr:
+        return c.learning_rate
+    progress = elapsed(run) / (run.elapsed_before + c.time_budget) if c.time_budget else None
+    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or c.max_iters, progress)
+
+
+def train_step(run: Run) -> None:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches; nothing here waits for the device."""
+    t0, c = time.perf_counter(), run.config
+    run.lr = learning_rate(run)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr
+    B, T, accum = c.batch_size, c.block_size, c.gradient_accumulation_steps
+    x_all, y_all = get_batch(run.data.train, B * accum, T, run.device, generator=run.batches)
+    mine = range(run.rank * accum // run.world, (run.rank + 1) * accum // run.world)  # this process's share
+    for j, micro in enumerate(mine):
+        x, y = x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B]
+        with nullcontext() if run.world == 1 or j == len(mine) - 1 else run.model.no_sync():
+            with run.precision.autocast():
+                _, loss = run.model(x, y)
+            run.scaler.scale(loss / len(mine)).backward()
+        run.loss_sum += loss.detach() / len(mine)
+    run.scaler.unscale_(run.optimizer)
+    if c.grad_clip:
+        run.grad_norm = nn.utils.clip_grad_norm_(run.raw.parameters(), c.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.steps_since_log += 1
+    run.tokens_since_log += B * accum * T
+    run.step_cost = time.perf_counter() - t0
+
+
+def stop_reason(run: Run, requested: bool, agree: bool) -> str:
+    """Why the run stops after this step ("" to go on). Under torchrun the processes agree only when `agree`."""
+    c = run.config
+    if not c.time_budget and run.step >= c.max_iters:
+        return "max_iters"
+    now = time.perf_counter() - run.start  # this invocation's time: a budget on --resume is more time
+    if run.world > 1:
+        if not agree:
+            return ""
+        shared = torch.tensor([float(requested), now], dtype=torch.float64, device=run.device)
+        dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+        requested, now = shared.tolist()
+    if requested:
+        return "interrupted"
+    if c.time_budget and now + run.step_cost + run.eval_cost >= c.time_budget:
+        return "time_budget"
+    return ""
+
+
+# chapters/05_training.md, code cell 30
+def _diverged(run: Run, what: str) -> TrainingDiverged:
+    message = f"{what} by step {run.step}: the run diverged. "
+    if run.saved is not None:
+        return TrainingDiverged(
+            message + f"The last good checkpoint is {run.out / 'last'} (step {run.saved}): lower --learning-rate "
+            "or raise --warmup-iters, then continue from it with --resume or start over with --overwrite"
+        )
+    return TrainingDiverged(
+        message + "No checkpoint was written; lower --learning-rate or raise --warmup-iters and start over"
+    )
+
+
+def step_metrics(run: Run) -> dict[str, Any]:
+    """The metrics row of this step: the one place between logs where the host waits for the device."""
+    loss = run.loss_sum / run.steps_since_log
+    if run.world > 1:
+        dist.all_reduce(loss)
+        loss = loss / run.world
+    norm = run.grad_norm if run.grad_norm is not None else torch.full((), math.nan, device=run.device)
+    train_loss, grad_norm = torch.stack([loss.float(), norm.float()]).tolist()
+    if not math.isfinite(train_loss):
+        raise _diverged(run, f"the training loss became {train_loss}")
+    busy = time.perf_counter() - run.since_log
+    row = {"step": run.step, "train_loss": train_loss, "lr": run.lr, "tokens_per_s": run.tokens_since_log / busy,
+           "elapsed_s": elapsed(run)}  # fmt: skip
+    if run.grad_norm is not None:
+        row["grad_norm"] = grad_norm
+    run.all_tokens, run.all_busy = run.all_tokens + run.tokens_since_log, run.all_busy + busy
+    run.loss_sum.zero_()
+    run.steps_since_log, run.tokens_since_log = 0, 0
+    return row
+
+
+def validation_loss(run: Run) -> float:
+    """The loss on the fixed validation windows, averaged over every process's share."""
+    t0 = time.perf_counter()
+    loss = evaluate(run.raw, run.val_x, run.val_y, run.config.batch_size, run.precision) * len(run.val_x)
+    if run.world > 1:
+        total = torch.tensor([loss, len(run.val_x)], dtype=torch.float64, device=run.device)
+        dist.all_reduce(total)
+        value = (total[0] / total[1]).item()
+    else:
+        value = loss / len(run.val_x)
+    run.eval_cost = time.perf_counter() - t0
+    if not math.isfinite(value):
+        raise _diverged(run, f"the validation loss became {value}")
+    return value
+
+
+# chapters/05_training.md, code cell 31
+def save_run(run: Run, val_loss: float | None) -> None:
+    """Write out/last, and copy it to out/best when `val_loss` is the lowest finite validation loss so far."""
+    if not torch.stack([torch.isfinite(p).all() for p in run.raw.parameters()]).all():
+        raise _diverged(run, "the weights stopped being finite numbers")
+    improved = val_loss is not None and math.isfinite(val_loss) and (run.best is None or val_loss < run.best)
+    run.best = val_loss if improved else run.best
+    rng = _gather_rng(run.device, run.world)  # every process takes part
+    if run.rank == 0:
+        state = {
+            "step": run.step, "elapsed_s": elapsed(run), "val_loss": val_loss, "best_val_loss": run.best,
+            "model_config": run.model_config.to_dict(), "train_config": asdict(run.config),
+            "tokenizer": run.data.meta["tokenizer"], "world_size": run.world,
+            "rng": {"batches": _encode_bytes(run.batches.get_state()), **rng},
+            "data": {"dir": str(run.config.data_dir), "source_sha256": run.data.meta.get("source_sha256")},
+        }  # fmt: skip
+        save_checkpoint(run.out / "last", run.raw, run.optimizer, state)
+        if improved:
+            tmp = run.out / "best.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(run.out / "last", tmp)
+            _swap_in(tmp, run.out / "best")
+    run.saved = run.step
+
+
+# chapters/05_training.md, code cell 32
+def _open_log(run: Run, progress: bool | None) -> None:
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(run.out / "metrics.jsonl", run.step)
+        run.log_file = open(run.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        show = progress if progress is not None else (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        if show:
+            budget = run.config.time_budget
+            run.bar = tqdm(total=round(budget) if budget else run.config.max_iters, initial=0 if budget else run.step,
+                           unit="s" if budget else "step", dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+    run.start = run.since_log = time.perf_counter()
+
+
+def show_progress(run: Run) -> None:
+    """Move the progress bar: one step, or the seconds used of a time budget."""
+    if run.bar is not None:
+        budget = run.config.time_budget
+        run.bar.update(min(round(time.perf_counter() - run.start), round(budget)) - run.bar.n if budget else 1)
+
+
+def log_metrics(run: Run, row: dict[str, Any]) -> None:
+    """Record a metrics row: in the history, in metrics.jsonl, to the callback and on the progress bar."""
+    if row.get("val_loss") is None:
+        row.pop("val_loss", None)
+    run.history.append(row)
+    if run.log_file is not None:
+        run.log_file.write(json.dumps(row) + "\n")
+        run.log_file.flush()
+        if run.callback is not None:
+            run.callback(row)
+    if run.bar is not None:
+        if row["train_loss"] is not None:
+            run.bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+        if "val_loss" in row:
+            train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+            run.bar.write(f"step {row['step']}: train loss {train_loss}, val loss {row['val_loss']:.4f}", sys.stderr)
+    run.since_log = time.perf_counter()
+
+
+def close_run(run: Run) -> None:
+    """Close the progress bar and the metrics file."""
+    if run.bar is not None:
+        run.bar.close()
+    if run.log_file is not None:
+        run.log_file.close()
+
+
+def leave_group(run: Run) -> None:
+    """Under torchrun, wait for every process, then end the process group if this run started it."""
+    if run.world > 1:
         dist.barrier()  # rank 0 has finished writing before any process returns
         # Free DDP's reducer while the group is still registered: if the reducer held the last reference,
         # gloo's destructor would wait for its worker thread while holding the GIL that thread needs.
-        del model
-        if own_group:
+        run.model = run.raw
+        if run.own_group:
             dist.destroy_process_group()
-    rows = [r for r in history if r.get("train_loss") is not None]
+
+
+def run_result(run: Run, stopped: str) -> TrainResult:
+    """What the run did, for the caller."""
+    rows = [r for r in run.history if r.get("train_loss") is not None]
+    evals = [r["val_loss"] for r in run.history if "val_loss" in r]
     return TrainResult(
-        out_dir=out, step=step, stopped=stopped, train_loss=rows[-1]["train_loss"] if rows else None,
-        val_loss=val_loss, best_val_loss=best, elapsed_s=elapsed(),
-        tokens_per_s=all_tokens / all_busy if all_busy else 0.0, history=history,
+        out_dir=run.out, step=run.step, stopped=stopped, train_loss=rows[-1]["train_loss"] if rows else None,
+        val_loss=evals[-1] if evals else None, best_val_loss=run.best, elapsed_s=elapsed(run),
+        tokens_per_s=run.all_tokens / run.all_busy if run.all_busy else 0.0, history=run.history,
     )  # fmt: skip

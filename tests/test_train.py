@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 
 from nanogpt_lib import cli
 from nanogpt_lib import train as T
@@ -286,12 +288,46 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", poisoned)
-    with pytest.raises(T.TrainingDiverged, match="became nan at step 8.*last good checkpoint"):
+    with pytest.raises(T.TrainingDiverged, match=r"became nan by step 8.*last good checkpoint is .*last \(step 5\)"):
         T.train(config(data_dir, out, max_iters=20, eval_interval=5), progress=False)
     state = json.loads((out / "last" / "state.json").read_text())
     assert state["step"] == 5
     model = T.load_checkpoint(out / "last")[0]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # diverged before any checkpoint: the message does not promise one, and none is written
+    calls["n"] = 100  # poisoned from the first step
+    with pytest.raises(T.TrainingDiverged, match="No checkpoint was written") as error:
+        T.train(config(data_dir, tmp_path / "early", max_iters=200, eval_interval=150), progress=False)
+    assert "last good" not in str(error.value) and not (tmp_path / "early" / "last").exists()
+
+
+def test_nan_validation_loss_stops_before_writing(data_dir, tmp_path, monkeypatch):
+    losses = iter([3.0, 2.0, float("nan")])
+    evaluate = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda *args: evaluate(*args) * 0 + next(losses))
+    out = tmp_path / "run"
+    with pytest.raises(T.TrainingDiverged, match=r"validation loss became nan by step 10.*last .*\(step 5\)"):
+        T.train(config(data_dir, out, max_iters=20, eval_interval=5), progress=False)
+    for folder in ("last", "best"):
+        state = json.loads((out / folder / "state.json").read_text())
+        assert state["step"] == 5 and state["best_val_loss"] == 2.0
+    assert all(math.isfinite(r.get("val_loss", 0.0)) for r in rows(out))
+
+
+def test_evaluate_is_the_mean_loss_over_every_window(data_dir):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.3))
+    x, y = T.fixed_windows(T.load_prepared(data_dir).val, 10, 16)
+    model.train()
+    got = T.evaluate(model, x, y, batch_size=4)  # batches of 4, 4 and 2 windows
+    assert model.training  # the mode is restored
+    model.eval()  # by hand: every window at once, no dropout, the mean over all positions
+    with torch.no_grad():
+        logits = model(x, y)[0]
+        expected = F.cross_entropy(logits.reshape(-1, 65), y.reshape(-1)).item()
+    assert got == pytest.approx(expected, abs=1e-5)
+    first_batch = F.cross_entropy(logits[:4].reshape(-1, 65), y[:4].reshape(-1)).item()
+    assert abs(first_batch - expected) > 1e-3  # the windows differ: reading only some of them would show
 
 
 def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path):
@@ -310,12 +346,9 @@ def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path):
 
 
 def test_time_budget_sizes_the_run(data_dir, tmp_path):
-    t0 = time.perf_counter()
     run = config(data_dir, tmp_path / "run", time_budget=3.0, eval_interval=50)
     result = T.train(run, progress=False)
-    wall = time.perf_counter() - t0
     assert result.stopped == "time_budget" and result.step >= 3
-    assert 2.0 < result.elapsed_s <= 3.5 and wall < 10
     logged = rows(tmp_path / "run")
     assert logged[-1]["val_loss"] is not None  # the final evaluation is inside the budget
     # the cosine decay runs over the budget: the rate falls after warmup, most of the way to min_lr
@@ -389,7 +422,7 @@ def test_ctrl_c_saves_and_exits_cleanly(data_dir, tmp_path):
                "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
                "--max-iters", "1000000", "--log-interval", "1", "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # a guard against a hang, generous for a busy machine
     while not ((out / "metrics.jsonl").exists() and len(rows(out)) >= 3):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "the run did not start"
@@ -403,40 +436,145 @@ def test_ctrl_c_saves_and_exits_cleanly(data_dir, tmp_path):
     T.load_checkpoint(out)
 
 
-FAULTS_SCRIPT = """
-import resource, torch
-from nanogpt_lib.model import GPT, GPTConfig
-from nanogpt_lib.train import keep_freed_memory, make_optimizer
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False))
-opt = make_optimizer(model, 1e-3, 0.1)
-x = torch.randint(65, (12, 64))
-def faults(steps):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(steps):
-        model(x, x)[1].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
-faults(3)
-default = faults(10)
-applied = keep_freed_memory()
-faults(2)
-print(applied, default, faults(10))
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator: Linux only")
-def test_keep_freed_memory_removes_the_page_faults_of_a_training_step():
-    # a fresh process: the allocator's state is process-wide
-    r = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    applied, default, kept = r.stdout.split()
-    assert applied == "True"
-    assert float(default) > 100 and float(kept) < float(default) / 4, (default, kept)
-
-
 def test_keep_freed_memory_does_nothing_off_glibc(monkeypatch):
     monkeypatch.setattr(T.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(T.ctypes, "CDLL", lambda *a: pytest.fail("must not touch the C library"))
     assert T.keep_freed_memory() is False
+
+
+def test_keep_freed_memory_sets_both_glibc_thresholds(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(T.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(T.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(T.ctypes, "CDLL", lambda *a: FakeLibc())
+    assert T.keep_freed_memory() is True
+    # the mmap threshold first: a fixed trim threshold alone would switch off the adaptive mmap threshold
+    assert calls == [(T.M_MMAP_THRESHOLD, 32 << 20), (T.M_TRIM_THRESHOLD, 1 << 30)]
+
+
+def test_the_library_leaves_the_allocator_alone_and_the_command_opts_in(data_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(T, "keep_freed_memory", lambda: calls.append(1) or True)
+    T.train(config(data_dir, tmp_path / "a", max_iters=2, eval_interval=2), progress=False)
+    assert calls == []
+    T.train(config(data_dir, tmp_path / "b", max_iters=2, eval_interval=2), progress=False, reuse_memory=True)
+    assert calls == [1]
+    code, _, _ = nanogpt(capsys, "train", "--data", str(data_dir), "--out", str(tmp_path / "c"), "--n-layer", "1",
+                         "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--max-iters",
+                         "2", "--eval-interval", "2", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 0 and calls == [1, 1]
+
+
+def count_host_reads(monkeypatch) -> dict[str, int]:
+    """Count reads of floating-point or boolean tensors back to Python: each one waits for the device."""
+    count = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if self.is_floating_point() or self.dtype == torch.bool:
+                count["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return count
+
+
+def test_steps_between_logs_do_not_wait_for_the_device(data_dir, tmp_path, monkeypatch):
+    count = count_host_reads(monkeypatch)
+    reads = []
+    for steps in (20, 40):
+        count["n"] = 0
+        T.train(config(data_dir, tmp_path / str(steps), max_iters=steps, log_interval=20, eval_interval=20),
+                progress=False)  # fmt: skip
+        reads.append(count["n"])
+    # 20 more steps add one log, one evaluation and one checkpoint, and no read per step
+    assert 0 < reads[1] - reads[0] <= 5, reads
+
+
+def test_help_shows_the_defaults_that_apply(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = T.make_config()
+    assert defaults == T.TrainConfig()  # one source of truth: the default preset is the dataclass
+    assert (defaults.batch_size, defaults.learning_rate, defaults.max_iters) == (32, 3e-3, 1500)
+    for f in T.fields(T.TrainConfig):
+        if f.name in ("data_dir", "out_dir", "time_budget", "init_from"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        assert re.search(rf"{flag} VALUE(, --{f.name} VALUE)? default {re.escape(repr(getattr(defaults, f.name)))} ",
+                         text + " "), f.name  # fmt: skip
+    assert "this many more seconds" in text  # --time-budget on --resume
+
+
+@pytest.mark.parametrize(
+    "key, value, flag",
+    [
+        ("learning_rate", "nan", "--learning-rate"),
+        ("learning_rate", "inf", "--learning-rate"),
+        ("min_lr", "nan", "--min-lr"),
+        ("weight_decay", "nan", "--weight-decay"),
+        ("weight_decay", "inf", "--weight-decay"),
+        ("grad_clip", "inf", "--grad-clip"),
+        ("grad_clip", "nan", "--grad-clip"),
+        ("beta1", "nan", "--beta1"),
+        ("beta2", "nan", "--beta2"),
+        ("dropout", "nan", "--dropout"),
+        ("time_budget", "inf", "--time-budget"),
+        ("time_budget", "nan", "--time-budget"),
+        ("seed", "-1", "--seed"),
+        ("seed", str(2**32), "--seed"),
+        ("seed", str(2**70), "--seed"),
+    ],
+)
+def test_config_refuses_non_finite_numbers_and_out_of_range_seeds(key, value, flag):
+    with pytest.raises(ValueError) as error:
+        T.make_config(overrides={key: value})
+    message = str(error.value)
+    assert message.startswith(flag + " must be") and "\n" not in message, message
+
+
+def test_absurd_batch_or_evaluation_is_refused_with_the_estimate(data_dir, tmp_path):
+    out = tmp_path / "run"
+    estimate = r"needs at least [\d,.]+ GiB, more than the [\d,.]+ GiB available.*--batch-size"
+    with pytest.raises(ValueError, match=estimate):
+        T.train(config(data_dir, out, batch_size=10**12), progress=False)
+    with pytest.raises(ValueError, match=r"evaluating --eval-iters .* GiB .*--eval-iters"):
+        T.train(config(data_dir, out, eval_iters=10**12), progress=False)
+    assert not out.exists()
+    training, evaluation = T.memory_needed(config(data_dir, out), GPTConfig(65, 16, 1, 2, 32))
+    weights = 4 * (65 * 32 + 16 * 32 + 12 * 32 * 32)
+    assert training > 4 * weights and evaluation > weights
+
+
+def test_time_budget_on_resume_is_more_time(data_dir, tmp_path):
+    out = tmp_path / "run"
+    first = T.train(config(data_dir, out, time_budget=2.0, eval_interval=1000), progress=False)
+    assert first.stopped == "time_budget"
+    # the earlier run's time does not count: a budget smaller than it still trains
+    again = T.train(T.resume_config(out, {"time_budget": "0.5"}), progress=False)
+    assert again.stopped == "time_budget" and again.step > first.step
+    assert again.elapsed_s > first.elapsed_s
+
+
+def test_command_shows_progress_unless_quiet(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "nanogpt_lib.cli", "train", "--data", str(data_dir), "--n-layer", "1", "--n-head",
+            "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--max-iters", "6", "--eval-interval",
+            "3", "--log-interval", "1", "--device", "cpu"]  # fmt: skip
+    loud = subprocess.run([*base, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0, loud.stderr
+    assert "6/6" in loud.stderr and "loss=" in loud.stderr and "tok_s=" in loud.stderr  # the bar
+    assert re.search(r"step 3: train loss \d\.\d{4}, val loss \d\.\d{4}", loud.stderr)  # a line per evaluation
+    assert "step 6 (max iters)" in loud.stdout
+    quiet = subprocess.run([*base, "--out", str(tmp_path / "b"), "--quiet"], env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert "step 6 (max iters)" in quiet.stdout
