@@ -304,7 +304,10 @@ def test_static_renderer_shim_without_a_notebook(browser, tmp_path):
 
     tok = CharTokenizer.from_text("abcdefgh \n")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=3, n_embd=24)).eval()
+    with torch.no_grad():  # sharper patterns than a fresh model's near-uniform ones
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(30)
     state = explorer_data(model, tok, "abc def\ngh abc", compare_with=GPT(model.config).eval())
     state |= {"_esm": (STATIC / "explorer.js").read_text(), "_css": (STATIC / "explorer.css").read_text()}
     saved = {"version_major": 2, "version_minor": 0, "state": {"m1": {"model_name": "AnyModel", "state": state}}}
@@ -328,5 +331,7 @@ def test_static_renderer_shim_without_a_notebook(browser, tmp_path):
         root.locator("button.nge-step[title='next head']").click()
         assert root.get_attribute("data-head") == "1"
         assert base64.b64encode(root.locator("canvas.nge-matrix").screenshot()).decode() != before
+        root.locator("button.nge-step[title='previous head']").click()
+        exercise_explorer(page, root, "shim")
         page.close()
     assert errors == []

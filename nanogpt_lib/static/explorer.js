@@ -98,7 +98,9 @@ function render({ model, el: host }) {
     const box = root.getBoundingClientRect();
     tooltip.textContent = text;
     tooltip.style.display = "block";
-    tooltip.style.left = `${evt.clientX - box.left + 14}px`;
+    const x = evt.clientX - box.left;
+    const flip = x + 14 + tooltip.offsetWidth > box.width;  // keep it inside the widget near the right edge
+    tooltip.style.left = `${flip ? Math.max(0, x - 14 - tooltip.offsetWidth) : x + 14}px`;
     tooltip.style.top = `${evt.clientY - box.top + 14}px`;
   }
   const hideTip = () => { tooltip.style.display = "none"; };
@@ -222,7 +224,7 @@ function render({ model, el: host }) {
   function modelView() {
     const scale = Math.max(1, Math.floor(96 / T));
     const grid = el("div", "nge-grid");
-    grid.style.gridTemplateColumns = `repeat(${H}, auto)`;
+    grid.style.gridTemplateColumns = `repeat(${H}, max-content)`;
     for (let l = 0; l < L; l++) {
       for (let h = 0; h < H; h++) {
         const cell = el("div", "nge-thumb" + (l === layer() && h === head() ? " nge-current" : ""));
