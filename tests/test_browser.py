@@ -213,7 +213,7 @@ def test_explorer_in_jupyterlab(browser, lab):
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     wait_for_run(page, RUN_TIMEOUT_S)
 
     root = page.locator(".nge-root")
