@@ -201,7 +201,9 @@ def wait_for_run(page, timeout_s: float) -> None:
         if done:
             return
         time.sleep(2)
-    pytest.fail("the chapter did not finish running in time")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "lab_timeout.png"))
+    pytest.fail("the chapter did not finish running in time (screenshot: build/screenshots/lab_timeout.png)")
 
 
 def test_explorer_in_jupyterlab(browser, lab):
@@ -211,6 +213,12 @@ def test_explorer_in_jupyterlab(browser, lab):
     watch(page, errors)
     page.goto(f"{base}/lab/tree/chapters/{CHAPTER.name}?token={token}")
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
+    accept = page.locator(".jp-Dialog button.jp-mod-accept")  # "Select Kernel": take the notebook's python3
+    kernel = page.locator(".jp-Toolbar-kernelName", has_text="Python 3")
+    accept.or_(kernel).first.wait_for(timeout=180_000)
+    if accept.count():
+        accept.click()
+    kernel.wait_for(timeout=120_000)
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
