@@ -92,8 +92,10 @@ def shot(locator, name: str) -> None:
 
 
 def hover_fraction(page, locator, fx: float, fy: float) -> None:
+    """Scroll `locator` into view and move the mouse to a point given as fractions of its size."""
+    locator.scroll_into_view_if_needed()
     box = locator.bounding_box()
-    page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    locator.hover(position={"x": fx * box["width"], "y": fy * box["height"]})
 
 
 def exercise_explorer(page, root, prefix: str) -> None:
@@ -238,7 +240,7 @@ def test_explorer_in_jupyterlab(browser, lab):
     box = page.locator(".widget-text input").first
     box.fill("JULIET:\nO Romeo, Romeo!")
     box.press("Enter")
-    page.wait_for_function("() => document.querySelector('.nge-root').dataset.tokens === '22'", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.nge-root').dataset.tokens === '23'", timeout=60_000)
     root.locator("canvas.nge-matrix").wait_for()
     shot(root, "lab_new_prompt.png")
     page.screenshot(path=str(SHOTS / "lab_page.png"))

@@ -175,40 +175,45 @@ function render({ model, el: host }) {
     const canvas = el("canvas", "nge-lines");
     canvas.width = width;
     canvas.height = height;
+    const title = el("div", "nge-title");
     const ctx = canvas.getContext("2d");
-    const q = hoverQuery === null ? T - 1 : hoverQuery;
     const y = (i) => 5 + (i + 0.5) * row;
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, width, height);
-    ctx.lineWidth = 2;
-    for (let h = 0; h < H; h++) {
-      if (!headOn.get(h)) continue;
-      ctx.strokeStyle = HEAD_COLOURS[h % HEAD_COLOURS.length];
-      for (let j = 0; j <= q; j++) {
-        ctx.globalAlpha = w(runs[0], l, h, q, j);
-        ctx.beginPath();
-        ctx.moveTo(col + 4, y(q));
-        ctx.lineTo(width - col - 4, y(j));
-        ctx.stroke();
+    function paint() {  // repaint in place: replacing the canvas under the mouse would lose the hover
+      const q = hoverQuery === null ? T - 1 : hoverQuery;
+      title.textContent = `${runs[0].name} · layer ${l}: query '${tok(q)}' (left) → keys (right)`;
+      ctx.globalAlpha = 1;
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, width, height);
+      ctx.lineWidth = 2;
+      for (let h = 0; h < H; h++) {
+        if (!headOn.get(h)) continue;
+        ctx.strokeStyle = HEAD_COLOURS[h % HEAD_COLOURS.length];
+        for (let j = 0; j <= q; j++) {
+          ctx.globalAlpha = w(runs[0], l, h, q, j);
+          ctx.beginPath();
+          ctx.moveTo(col + 4, y(q));
+          ctx.lineTo(width - col - 4, y(j));
+          ctx.stroke();
+        }
       }
-    }
-    ctx.globalAlpha = 1;
-    ctx.font = `${Math.min(row - 1, 13)}px monospace`;
-    ctx.textBaseline = "middle";
-    for (let i = 0; i < T; i++) {
-      ctx.fillStyle = i === q ? "#c00" : "#222";
-      ctx.textAlign = "right";
-      ctx.fillText(tok(i), col, y(i));
-      ctx.fillStyle = "#222";
-      ctx.textAlign = "left";
-      ctx.fillText(tok(i), width - col, y(i));
+      ctx.globalAlpha = 1;
+      ctx.font = `${Math.min(row - 1, 13)}px monospace`;
+      ctx.textBaseline = "middle";
+      for (let i = 0; i < T; i++) {
+        ctx.fillStyle = i === q ? "#c00" : "#222";
+        ctx.textAlign = "right";
+        ctx.fillText(tok(i), col, y(i));
+        ctx.fillStyle = "#222";
+        ctx.textAlign = "left";
+        ctx.fillText(tok(i), width - col, y(i));
+      }
     }
     canvas.addEventListener("mousemove", (evt) => {
       const r = canvas.getBoundingClientRect();
       const x = ((evt.clientX - r.left) * width) / r.width;
       const i = Math.floor((((evt.clientY - r.top) * height) / r.height - 5) / row);
       if (x > width / 2 || i < 0 || i >= T) return hideTip();
-      if (i !== hoverQuery) { hoverQuery = i; draw(); }
+      if (i !== hoverQuery) { hoverQuery = i; paint(); }
       const top = [...Array(H).keys()].filter((h) => headOn.get(h)).map((h) => {
         let best = 0;
         for (let j = 1; j <= i; j++) if (w(runs[0], l, h, i, j) > w(runs[0], l, h, i, best)) best = j;
@@ -217,8 +222,8 @@ function render({ model, el: host }) {
       showTip(evt, `query ${i} '${tok(i)}' looks most at · ${top.join(" · ")}`);
     });
     canvas.addEventListener("mouseleave", hideTip);
-    body.appendChild(el("div", "nge-title", `${runs[0].name} · layer ${l}: query '${tok(q)}' (left) → keys (right)`));
-    body.appendChild(canvas);
+    paint();
+    body.append(title, canvas);
   }
 
   function modelView() {
