@@ -45,9 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import nanogpt_lib
 from nanogpt_lib.attention import CausalSelfAttention, causal_mask
 
-STATIC = Path(__file__).resolve().parent / "static"  # the widget's ES module and CSS, shipped in the package
+STATIC = Path(nanogpt_lib.__file__).resolve().parent / "static"  # the widget's ES module and CSS, in the package
 MAX_TOKENS = 128  # a hard cap: the widget's state grows with the square of the prompt's length
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
 

@@ -229,9 +229,9 @@ def test_explorer_in_jupyterlab(browser, lab):
     root = page.locator(".nge-root")
     assert root.count() == 1
     active_cell = "() => [...document.querySelectorAll('.jp-Cell')].findIndex(c => c.matches('.jp-mod-active'))"
-    active = page.evaluate(active_cell)
     exercise_explorer(page, root, "lab")
-    root.click(position={"x": 5, "y": 5})
+    root.click(position={"x": 5, "y": 5})  # activates the widget's cell and focuses the widget
+    active = page.evaluate(active_cell)
     page.keyboard.press("ArrowDown")  # in command mode JupyterLab would move to the next cell
     still = page.evaluate(active_cell)
     assert still == active, "a key pressed inside the widget reached JupyterLab"
@@ -240,6 +240,7 @@ def test_explorer_in_jupyterlab(browser, lab):
     box = page.locator(".widget-text input").first
     box.fill("JULIET:\nO Romeo, Romeo!")
     box.press("Enter")
+    box.blur()  # a Text with continuous_update=False also sends its value when it loses focus
     page.wait_for_function("() => document.querySelector('.nge-root').dataset.tokens === '23'", timeout=60_000)
     root.locator("canvas.nge-matrix").wait_for()
     shot(root, "lab_new_prompt.png")
