@@ -631,6 +631,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 raise ValueError("no step")
         except (ValueError, AttributeError) as e:
             if number < len(lines):
+                unlock_out_dir(path.parent)
                 raise ValueError(
                     f"{path}, line {number}, is not a metrics row ({e}): delete or repair that line, then resume"
                 ) from None
@@ -645,6 +646,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        unlock_out_dir(path.parent)
         raise OSError(e.errno, f"cannot rewrite {path}: {e.strerror or e}") from e
 
 
