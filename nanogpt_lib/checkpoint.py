@@ -358,8 +358,8 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file() and path.name in ("state.json", *CHECKPOINT_FILES):
         path = path.parent
-    if (path / "state.json").is_file():
-        return path
+    if (found := _choose(path)) is not None:
+        return found
     for name in ("best", "last"):
         if (found := _choose(path / name)) is not None:
             return found
