@@ -235,7 +235,7 @@ def test_absurd_sizes_are_refused_before_anything_is_built(tmp_path, monkeypatch
 
 def test_declared_shapes_are_compared_with_the_file_header_before_allocating(tmp_path, monkeypatch):
     folder = saved(tmp_path / "ckpt")
-    # a plausible but much larger model than the file holds: 16 GB of weights if it were built
+    # a plausible but much larger model than the file holds: about 50 GB of weights if it were built
     edit_state(folder, lambda s: s["model_config"].update(n_layer=16, n_embd=8192, n_head=64))
     devices = constructions(monkeypatch)
     with pytest.raises(C.CheckpointError, match="model.safetensors does not hold the model its state.json describes"):
