@@ -535,8 +535,11 @@ def _write_manifest(out: Path) -> None:
         os.replace(tmp, path)
 
 
-def _clear_for_new_run(out: Path, overwrite: bool) -> None:
-    """Make `out` ready for a new run: refuse if it holds one (unless `overwrite`), delete only the trainer's files."""
+def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
+    """Make `out` ready for a new run: refuse if it holds one (unless `overwrite`), delete only the trainer's files.
+
+    With `delete=False` it only checks (the other processes of a distributed run, which write nothing).
+    """
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise ValueError(
@@ -557,7 +560,7 @@ def _clear_for_new_run(out: Path, overwrite: bool) -> None:
             f"--overwrite deletes only what the trainer wrote, and {out} also holds {', '.join(others[:5])}"
             f"{' ...' if len(others) > 5 else ''}: move those away, or choose another folder with --out"
         )
-    for name in existing:
+    for name in existing if delete else ():
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -572,7 +575,9 @@ def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict
         raise ValueError("--resume continues the run in the output folder and --overwrite deletes it: pick one")
     if resume:
         _last_checkpoint(out)  # nothing to resume: say so before creating anything
-    if rank != 0:
+    if rank != 0:  # the same checks as the first process, so that every process stops on the same error
+        if not resume:
+            _clear_for_new_run(out, overwrite, delete=False)
         return read_state(_last_checkpoint(out)) if resume else None
     out.mkdir(parents=True, exist_ok=True)
     lock_out_dir(out)
