@@ -495,8 +495,11 @@ def lock_out_dir(out: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
+            if not isinstance(e, BlockingIOError):  # a file system without locks (some network ones)
+                warnings.warn(f"cannot lock {path} ({e}); make sure no other trainer writes to {out}", stacklevel=2)
+                return
             raise RuntimeError(
                 f"{out} is in use by another trainer (PID {_lock_holder(path)}): wait for it to finish, stop it, "
                 "or train into another folder with --out"
