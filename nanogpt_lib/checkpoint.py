@@ -538,6 +538,13 @@ def _write_manifest(out: Path) -> None:
         os.replace(tmp, path)
 
 
+def _written_by_trainer(path: Path) -> bool:
+    """Whether `path`, a name in RUN_FILES, holds only what the trainer writes (for runs from before the manifest)."""
+    if path.is_dir():
+        return all(p.is_file() and p.name in (*CHECKPOINT_FILES, "state.json") for p in path.iterdir())
+    return path.is_file()
+
+
 def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
     """Make `out` ready for a new run: refuse if it holds one (unless `overwrite`), delete only the trainer's files.
 
@@ -551,13 +558,17 @@ def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
         )
     if not overwrite or not existing:
         return
-    if not (out / MANIFEST).is_file():
+    manifest = out / MANIFEST
+    listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", []) if manifest.is_file() else RUN_FILES
+    foreign = [n for n in existing if n not in listed or not (manifest.is_file() or _written_by_trainer(out / n))]
+    if foreign:
         raise ValueError(
-            f"{out} holds {', '.join(existing)} but no {MANIFEST}: the trainer did not write them, so --overwrite "
-            "will not delete them. Delete them yourself, or choose another folder with --out"
+            f"{out} holds {', '.join(foreign)}, which the trainer did not write (no {MANIFEST} lists them, and "
+            "they hold other files), so --overwrite will not delete them. Delete them yourself, or choose "
+            "another folder with --out"
         )
-    listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", [])
-    others = sorted(p.name for p in out.iterdir() if p.name not in (*listed, MANIFEST, LOCK_FILE))
+    mine = (*listed, MANIFEST, MANIFEST + ".tmp", LOCK_FILE)
+    others = sorted(p.name for p in out.iterdir() if p.name not in mine)
     if others:
         raise ValueError(
             f"--overwrite deletes only what the trainer wrote, and {out} also holds {', '.join(others[:5])}"

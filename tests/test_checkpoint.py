@@ -274,9 +274,17 @@ def test_overwrite_refuses_run_files_the_trainer_did_not_write(data_dir, tmp_pat
     (out / "last").mkdir(parents=True)
     (out / "last" / "thesis.tex").write_text("mine")
     before = snapshot(out)
-    with pytest.raises(ValueError, match=rf"no {C.MANIFEST}: the trainer did not write them"):
+    with pytest.raises(ValueError, match=r"holds last, which the trainer did not write"):
         T.train(config(data_dir, out, max_iters=2), overwrite=True, progress=False)
     assert snapshot(out) == before and not (out / C.LOCK_FILE).exists()
+
+
+def test_overwrite_recognises_a_run_from_before_the_manifest(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    (out / C.MANIFEST).unlink()
+    assert T.train(config(data_dir, out, max_iters=1, eval_interval=1), overwrite=True, progress=False).step == 1
+    assert (out / C.MANIFEST).exists()
 
 
 def test_metrics_are_strict_json(data_dir, tmp_path, monkeypatch):
