@@ -13,14 +13,6 @@ __all__ = [
     "keep_freed_memory",
     "fixed_windows",
     "evaluate",
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "CHECKPOINT_FILES",
-    "CheckpointError",
-    "save_checkpoint",
-    "find_checkpoint",
-    "read_state",
-    "load_checkpoint",
     "TrainConfig",
     "apply_overrides",
     "DEFAULT_PRESET",
@@ -29,7 +21,6 @@ __all__ = [
     "resume_config",
     "TrainingDiverged",
     "TrainResult",
-    "RUN_FILES",
     "train",
     "Run",
     "start_run",
@@ -53,14 +44,10 @@ __all__ = [
 
 # chapters/05_training.md, code cell 6
 
-import base64
 import ctypes
-import json
 import math
 import os
 import platform
-import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -71,11 +58,33 @@ from typing import Any, get_args, get_type_hints
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from nanogpt_lib.data import get_batch, load_prepared, sha256_of, tokenizer_from_meta
+from nanogpt_lib.checkpoint import CHECKPOINT_FILES as CHECKPOINT_FILES
+from nanogpt_lib.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from nanogpt_lib.checkpoint import CHECKPOINT_VERSION as CHECKPOINT_VERSION
+from nanogpt_lib.checkpoint import RUN_FILES as RUN_FILES
+from nanogpt_lib.checkpoint import CheckpointError as CheckpointError
+from nanogpt_lib.checkpoint import (
+    _check_resumable,
+    _decode_bytes,
+    _encode_bytes,
+    _last_checkpoint,
+    _load_moments,
+    _load_weights,
+    _metrics_line,
+    _prepare_out_dir,
+    _StopFlag,
+    _truncate_metrics,
+    copy_checkpoint,
+    read_state,
+    save_checkpoint,
+    unlock_out_dir,
+)
+from nanogpt_lib.checkpoint import find_checkpoint as find_checkpoint
+from nanogpt_lib.checkpoint import load_checkpoint as load_checkpoint
+from nanogpt_lib.data import get_batch, load_prepared
 from nanogpt_lib.device import Precision, pick_device, pick_precision
 from nanogpt_lib.model import GPT, GPTConfig
 from nanogpt_lib.pretrained import check_init_from, init_model
@@ -168,144 +177,6 @@ def evaluate(
 
 
 # chapters/05_training.md, code cell 17
-CHECKPOINT_FORMAT = "nanogpt-checkpoint"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, truncated, or not a nanogpt checkpoint."""
-
-
-def _encode_bytes(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _decode_bytes(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-
-
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Replace the folder `dest` by `tmp` with renames; a crash leaves the old or the new one whole."""
-    old = dest.with_name(dest.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(
-    folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> Path:
-    """Write `model.safetensors`, `optimizer.safetensors` and `state.json` (with `state`) into `folder`, atomically."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-    moments = {
-        f"{i}.{key}": torch.as_tensor(value).contiguous()
-        for i, per_param in optimizer.state_dict()["state"].items()
-        for key, value in per_param.items()
-    }
-    save_file(moments, str(tmp / "optimizer.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    state["files"] = {name: sha256_of(tmp / name) for name in CHECKPOINT_FILES}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    _swap_in(tmp, folder)
-    return folder
-
-
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder `path` names: itself if it holds `state.json`, else its `best/`, else its `last/`."""
-    path = Path(path)
-    if path.is_file() and path.name in ("state.json", *CHECKPOINT_FILES):
-        path = path.parent
-    for candidate in (path, path / "best", path / "last", path / "best.old", path / "last.old"):
-        if (candidate / "state.json").is_file():
-            return candidate
-    raise CheckpointError(
-        f"no checkpoint at {path}: expected a folder holding state.json, or a run folder with best/ or last/ "
-        f"in it. Train one with `nanogpt train --out {path}`, or check the path"
-    )
-
-
-def read_state(folder: str | os.PathLike) -> dict[str, Any]:
-    """The `state.json` of a checkpoint folder, after checking that its tensor files are intact."""
-    path = Path(folder) / "state.json"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: {path.parent} is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt or truncated (not valid JSON: {e}); use another checkpoint") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a nanogpt checkpoint (its format is not {CHECKPOINT_FORMAT!r})")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')!r}; this library reads version {CHECKPOINT_VERSION}"
-        )
-    for name in CHECKPOINT_FILES:
-        file = path.parent / name
-        if not file.is_file():
-            raise CheckpointError(f"{file} is missing: {path.parent} is not a complete checkpoint")
-        if sha256_of(file) != state.get("files", {}).get(name):
-            raise CheckpointError(
-                f"{file} does not match the checksum recorded in {path}: it is corrupt, truncated or from another "
-                "checkpoint. Use the run's other checkpoint (best/ or last/) or train again"
-            )
-    return state
-
-
-def _load_weights(model: nn.Module, file: Path) -> None:
-    try:
-        load_model(model, str(file), strict=True)
-    except Exception as e:  # safetensors' own errors, or tensors of the wrong names or shapes
-        raise CheckpointError(f"{file} does not hold weights for this model ({e})") from e
-
-
-def _load_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
-    try:
-        tensors = load_file(str(file))
-    except Exception as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from e
-    sd = optimizer.state_dict()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    for i, per_param in state.items():
-        if i >= len(params) or per_param["exp_avg"].shape != params[i].shape:
-            raise CheckpointError(f"{file} holds optimizer state for a different model (parameter {i})")
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[GPT, Any, dict]:
-    """Load a trained GPT for inference: `(model, tokenizer, info)`, the model in eval mode on `device`.
-
-    `path` is a run folder (its `best/` checkpoint is used, else `last/`) or a checkpoint folder.
-    `info` holds the step, the validation losses, the configs and the checkpoint's path. Nothing is unpickled.
-    """
-    folder = find_checkpoint(path)
-    state = read_state(folder)
-    try:
-        model = GPT(GPTConfig.from_dict(state["model_config"]))
-        tokenizer = tokenizer_from_meta(state["tokenizer"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'state.json'} does not describe a model and tokenizer ({e})") from e
-    _load_weights(model, folder / "model.safetensors")
-    model.to(pick_device(device)).eval()
-    keys = ("step", "val_loss", "best_val_loss", "elapsed_s", "model_config", "train_config")
-    info = {k: state.get(k) for k in keys} | {"path": str(folder)}
-    return model, tokenizer, info
-
-
-# chapters/05_training.md, code cell 19
 @dataclass
 class TrainConfig:
     """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
@@ -383,7 +254,7 @@ class TrainConfig:
         )  # fmt: skip
 
 
-# chapters/05_training.md, code cell 20
+# chapters/05_training.md, code cell 18
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -438,7 +309,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     return replace(config, **changes)
 
 
-# chapters/05_training.md, code cell 21
+# chapters/05_training.md, code cell 19
 _TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
 DEFAULT_PRESET = "shakespeare_char"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -470,14 +341,7 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     return apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir), "init_from": "resume"})
 
 
-def _last_checkpoint(out: Path) -> Path:
-    for candidate in (out / "last", out / "last.old"):
-        if (candidate / "state.json").is_file():
-            return candidate
-    raise CheckpointError(f"no checkpoint to resume in {out} (no last/state.json); train without --resume first")
-
-
-# chapters/05_training.md, code cell 23
+# chapters/05_training.md, code cell 21
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -497,77 +361,9 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop after the current step; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its usual meaning
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-RUN_FILES = ("last", "best", "metrics.jsonl", "last.old", "best.old", "last.tmp", "best.tmp")
-
-
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain process."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_spec: Any, folder: Path) -> None:
-    saved = state.get("model_config", {})
-    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in model_config.to_dict().items() if saved.get(k) != v]
-    if changed:
-        raise ValueError(
-            f"cannot resume {folder}: the model differs from the checkpoint's ({', '.join(changed)}). "
-            "Resume with the same sizes and dataset, or start over with --overwrite"
-        )
-    if state.get("tokenizer") != tokenizer_spec:
-        raise ValueError(f"cannot resume {folder}: it was trained on a dataset with a different tokenizer")
-
-
-def _prepare_out_dir(out: Path, config: TrainConfig, overwrite: bool, rank: int) -> dict[str, Any] | None:
-    """Check the output folder before anything is written; returns the state to resume from, if any."""
-    if config.init_from == "resume":
-        if overwrite:
-            raise ValueError("--resume continues the run in the output folder and --overwrite deletes it: pick one")
-        return read_state(_last_checkpoint(out))
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"{out} already holds a run ({', '.join(existing)}). Continue it with --resume, start over with "
-            "--overwrite (which deletes it), or choose another folder with --out"
-        )
-    if rank == 0:
-        for name in existing:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the metrics logged after `step` (by a run that went on past its last checkpoint)."""
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _gather_rng(device: torch.device, world: int) -> dict[str, list[str]]:
@@ -582,7 +378,7 @@ def _gather_rng(device: torch.device, world: int) -> dict[str, list[str]]:
     return {key: [r[key] for r in everyone] for key in mine}
 
 
-# chapters/05_training.md, code cell 24
+# chapters/05_training.md, code cell 22
 def train(
     config: TrainConfig,
     overwrite: bool = False,
@@ -600,7 +396,11 @@ def train(
     Under `torchrun` every process calls this; the batches are split between them and only rank 0 writes.
     Ctrl-C stops after the current step and saves; a NaN or infinite loss raises TrainingDiverged.
     """
-    run = start_run(config, overwrite, callback, progress, reuse_memory)
+    try:
+        run = start_run(config, overwrite, callback, progress, reuse_memory)
+    except BaseException:
+        unlock_out_dir(Path(config.out_dir))  # a run that failed to start leaves the folder free
+        raise
     stopped = ""
     try:
         with _StopFlag() as flag:
@@ -629,7 +429,7 @@ def train(
     return run_result(run, stopped)
 
 
-# chapters/05_training.md, code cell 25
+# chapters/05_training.md, code cell 23
 @dataclass
 class Run:
     """The state of one training run, shared by the functions the training loop calls."""
@@ -671,7 +471,7 @@ class Run:
     bar: Any = None
 
 
-# chapters/05_training.md, code cell 26
+# chapters/05_training.md, code cell 24
 def start_run(
     config: TrainConfig,
     overwrite: bool = False,
@@ -719,7 +519,7 @@ def start_run(
     return run
 
 
-# chapters/05_training.md, code cell 27
+# chapters/05_training.md, code cell 25
 def _load_data(config: TrainConfig, world: int) -> Any:
     if config.gradient_accumulation_steps % world:
         raise ValueError(
@@ -750,7 +550,7 @@ def _restore(run: Run, resumed: dict[str, Any]) -> None:
     run.elapsed_before = resumed.get("elapsed_s", 0.0)
 
 
-# chapters/05_training.md, code cell 28
+# chapters/05_training.md, code cell 26
 def memory_needed(config: TrainConfig, model_config: GPTConfig) -> tuple[int, int]:
     """Rough lower bounds, in bytes, of the memory training and evaluation need: `(training, evaluation)`."""
     B, T, C = config.batch_size, config.block_size, model_config.n_embd
@@ -798,7 +598,7 @@ def check_memory(config: TrainConfig, model_config: GPTConfig, device: torch.dev
         )
 
 
-# chapters/05_training.md, code cell 29
+# chapters/05_training.md, code cell 27
 def elapsed(run: Run) -> float:
     """Seconds of training in this run so far, earlier invocations of a resumed run included."""
     return run.elapsed_before + time.perf_counter() - run.start
@@ -860,7 +660,7 @@ def stop_reason(run: Run, requested: bool, agree: bool) -> str:
     return ""
 
 
-# chapters/05_training.md, code cell 30
+# chapters/05_training.md, code cell 28
 def _diverged(run: Run, what: str) -> TrainingDiverged:
     message = f"{what} by step {run.step}: the run diverged. "
     if run.saved is not None:
@@ -910,7 +710,7 @@ def validation_loss(run: Run) -> float:
     return value
 
 
-# chapters/05_training.md, code cell 31
+# chapters/05_training.md, code cell 29
 def save_run(run: Run, val_loss: float | None) -> None:
     """Write out/last, and copy it to out/best when `val_loss` is the lowest finite validation loss so far."""
     if not torch.stack([torch.isfinite(p).all() for p in run.raw.parameters()]).all():
@@ -928,15 +728,11 @@ def save_run(run: Run, val_loss: float | None) -> None:
         }  # fmt: skip
         save_checkpoint(run.out / "last", run.raw, run.optimizer, state)
         if improved:
-            tmp = run.out / "best.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            shutil.copytree(run.out / "last", tmp)
-            _swap_in(tmp, run.out / "best")
+            copy_checkpoint(run.out / "last", run.out / "best")
     run.saved = run.step
 
 
-# chapters/05_training.md, code cell 32
+# chapters/05_training.md, code cell 30
 def _open_log(run: Run, progress: bool | None) -> None:
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -963,7 +759,7 @@ def log_metrics(run: Run, row: dict[str, Any]) -> None:
         row.pop("val_loss", None)
     run.history.append(row)
     if run.log_file is not None:
-        run.log_file.write(json.dumps(row) + "\n")
+        run.log_file.write(_metrics_line(row))  # strict JSON: a non-finite number is written as null
         run.log_file.flush()
         if run.callback is not None:
             run.callback(row)
@@ -977,11 +773,12 @@ def log_metrics(run: Run, row: dict[str, Any]) -> None:
 
 
 def close_run(run: Run) -> None:
-    """Close the progress bar and the metrics file."""
+    """Close the progress bar and the metrics file; release the output folder's lock."""
     if run.bar is not None:
         run.bar.close()
     if run.log_file is not None:
         run.log_file.close()
+    unlock_out_dir(run.out)
 
 
 def leave_group(run: Run) -> None:
