@@ -336,8 +336,14 @@ def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 <
 
 # chapters/01_data.md, code cell 16
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
-    """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked."""
+    """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked.
+
+    A bare name (`shakespeare_char`) that is not a folder here names one in `data_home()`, so a run
+    finds the dataset `nanogpt prepare NAME` wrote whatever the working folder.
+    """
     folder = Path(data_dir)
+    if len(folder.parts) == 1 and not folder.is_dir():
+        folder = data_home() / folder
     advice = (
         f"run `nanogpt prepare shakespeare_char --out {folder}` for tiny Shakespeare, "
         f"or `nanogpt prepare text --source FILE_OR_FOLDER --out {folder}` for your own text"

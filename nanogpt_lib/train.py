@@ -181,7 +181,7 @@ def evaluate(
 class TrainConfig:
     """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
 
-    data_dir: str = "data/shakespeare_char"
+    data_dir: str = "shakespeare_char"  # a folder, or the name of a dataset in data_home() (chapter 1)
     out_dir: str = "out/shakespeare_char"
     init_from: str = "scratch"  # "scratch", "resume" from out_dir/last, or GPT-2 weights (chapter 8)
     # the model

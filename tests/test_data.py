@@ -413,6 +413,10 @@ def test_cli_prepare_default_out_dir_uses_the_environment_copy(fake_dataset, mon
     assert load_prepared(tmp_path / "home" / "shakespeare_char").tokenizer == CharTokenizer.from_text(TEXT)
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["shakespeare_char"]
     assert list((tmp_path / "elsewhere").iterdir()) == [], "nothing lands in the working folder"
+    assert load_prepared("shakespeare_char").meta == load_prepared(tmp_path / "home" / "shakespeare_char").meta
+    from nanogpt_lib.train import TrainConfig
+
+    assert load_prepared(TrainConfig().data_dir).vocab_size > 0, "the trainer's default finds what prepare wrote"
 
 
 def test_cli_prepare_with_a_bad_source_writes_nothing(tmp_path, capsys):
