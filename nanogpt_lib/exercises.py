@@ -45,7 +45,7 @@ def _array_difference(actual, expected, rtol: float, atol: float) -> str | None:
         return None
     where = tuple(int(i) for i in np.argwhere(bad)[0])
     return (f"{int(bad.sum())} of {bad.size} elements differ; first at index {list(where)}: "
-            f"got {a[where]!r}, expected {e[where]!r}")
+            f"got {a[where].item()!r}, expected {e[where].item()!r}")
 
 
 def first_difference(actual, expected, rtol: float = 1e-5, atol: float = 1e-6) -> str | None:

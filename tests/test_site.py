@@ -172,7 +172,7 @@ def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
 
 @pytest.mark.parametrize("prefix", EXERCISED)
 def test_chapter_ends_with_labelled_exercises_and_solutions(prefix):
-    (chapter,) = (ROOT / "chapters").glob(prefix + "*.md")
+    (chapter,) = ROOT.glob(prefix + "*.md")
     text = chapter.read_text()
     assert "\n## Exercises\n" in text, f"{chapter.name} has no Exercises section"
     exercises = text[text.index("\n## Exercises\n"):]

@@ -81,7 +81,8 @@ def main() -> None:
         print(problem, file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"site content in {args.site}: links resolve" + (", every page with code has outputs" if args.outputs else ""))
+    checked = "links resolve, every page with code has outputs" if args.outputs else "links resolve"
+    print(f"site content in {args.site}: {checked}")
 
 
 if __name__ == "__main__":
