@@ -57,7 +57,8 @@ def copy_project(dest: Path) -> Path:
 def build(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`myst build --site --strict` in `project`, then the link check; the finished process (output in .stdout).
 
-    A broken internal link makes the returned process fail too, with the link in its output.
+    `env` adds variables (None removes one). A broken internal link makes the returned process fail
+    too, with the link in its output.
     """
     result = subprocess.run(
         [_myst(), "build", "--site", "--strict", *args],
@@ -65,7 +66,7 @@ def build(project: Path, *args: str, env: dict | None = None) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        env={k: v for k, v in {**os.environ, "NO_COLOR": "1", **(env or {})}.items() if v is not None},
     )
     if result.returncode == 0 and (broken := broken_links(project / "_build" / "site")):
         result.returncode, result.stdout = 1, result.stdout + "\nbroken links: " + ", ".join(broken)
@@ -151,8 +152,7 @@ def test_output_check_flags_pages_built_without_execution(site):
     assert "/intro.md" not in empty, "a page without code cells needs no outputs"
 
 
-def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
-    """MyST executes through a Jupyter server; as root it starts only with allow_root (.ci/jupyter)."""
+def _one_cell_project(tmp_path: Path) -> Path:
     (tmp_path / "myst.yml").write_text(
         yaml.safe_dump({"version": 1, "project": {"title": "t", "toc": [{"file": "page.md"}]},
                         "site": {"template": str(TEMPLATE)}})
@@ -161,6 +161,12 @@ def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
         "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n  language: python\n---\n"
         "# Page\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n"
     )
+    return tmp_path
+
+
+def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
+    """MyST executes through a Jupyter server; as root it starts only with allow_root (.ci/jupyter)."""
+    _one_cell_project(tmp_path)
     result = build(tmp_path, "--execute", env={"JUPYTER_CONFIG_PATH": str(ROOT / ".ci" / "jupyter")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert pages_without_outputs(tmp_path / "_build" / "site") == []
@@ -168,6 +174,19 @@ def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
     assert "42\\n" in page
     assert subprocess.run([sys.executable, str(ROOT / "tools" / "check_site.py"), "--outputs",
                            str(tmp_path / "_build" / "site")], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="Jupyter refuses only root")
+def test_as_root_without_allow_root_pages_lose_their_outputs_and_the_check_says_so(tmp_path):
+    """The failure the output check exists for: MyST's build 'succeeds' while writing no outputs."""
+    _one_cell_project(tmp_path)
+    empty_config = tmp_path / "no-jupyter-config"
+    empty_config.mkdir()
+    result = build(tmp_path, "--execute", env={"JUPYTER_CONFIG_PATH": None, "JUPYTER_CONFIG_DIR": str(empty_config)})
+    assert pages_without_outputs(tmp_path / "_build" / "site") == ["/page.md"], result.stdout[-3000:]
+    checked = subprocess.run([sys.executable, str(ROOT / "tools" / "check_site.py"), "--outputs",
+                              str(tmp_path / "_build" / "site")], capture_output=True, text=True)
+    assert checked.returncode == 1 and "/page.md" in checked.stderr
 
 
 @pytest.mark.parametrize("prefix", EXERCISED)
