@@ -31,6 +31,12 @@ EXERCISED = [f"chapters/0{n}_" for n in range(7)]  # chapters 00-06; later chapt
 
 
 def _myst() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("MyST needs Node.js >= 18 on PATH (apt-get install nodejs, or nodejs.org)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 18:
+        pytest.fail(f"MyST needs Node.js >= 18; this machine has {version}")
     myst = shutil.which("myst") or str(Path(sys.executable).parent / "myst")
     if not Path(myst).exists():
         pytest.fail("the `myst` command is missing: pip install mystmd (it is in the book extra)")
