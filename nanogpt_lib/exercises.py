@@ -117,7 +117,7 @@ class CheckResult:
     def __bool__(self) -> bool:
         return bool(self.passed)
 
-    def must_pass(self) -> CheckResult:
+    def must_pass(self) -> "CheckResult":  # noqa: UP037 (a string: the class is not defined yet in the notebook)
         """Return self when the check passed; raise AssertionError with its message otherwise."""
         if not self.passed:
             raise AssertionError(repr(self))
