@@ -136,7 +136,10 @@ def test_myst_toc_lists_every_chapter_in_order():
     import yaml
 
     toc = yaml.safe_load((ROOT / "myst.yml").read_text())["project"]["toc"]
-    listed = [entry["file"] for entry in toc if entry["file"].startswith("chapters/")]
+    files = [entry["file"] for entry in toc]
+    assert files[0] == "intro.md", "the introduction is the site's landing page, before the chapters"
+    assert [f for f in files if not (ROOT / f).is_file()] == [], "the toc lists files that do not exist"
+    listed = [f for f in files if f.startswith("chapters/")]
     assert listed == chapters()
 
 

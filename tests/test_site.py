@@ -1,0 +1,228 @@
+"""The book's site, checked offline: MyST builds every page's content with no broken references.
+
+MyST's book theme is downloaded when the site is built, and no package registry ships it, so
+these tests build the site's *content* (`myst build --site --strict`, which writes one JSON file
+per page under `_build/site/content`) against the stand-in template in `.ci/site-template`. The
+error rules in `myst.yml` make unresolved references, missing citations and broken links errors,
+and `--strict` turns errors into a failed build. The HTML itself is built online by
+`.github/workflows/site.yml`. Needs the `myst` command (pip's `mystmd`) and Node >= 18.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from check_site import broken_links, pages_without_outputs  # noqa: E402
+from site_notebooks import write_notebooks  # noqa: E402
+
+TEMPLATE = ROOT / ".ci" / "site-template"
+SKIP_DIRS = {".git", ".venv", "build", "_build", "out", "runs", "node_modules", "__pycache__"}
+EXERCISED = [f"chapters/0{n}_" for n in range(7)]  # chapters 00-06; later chapters join as their exercises land
+
+
+def _myst() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("MyST needs Node.js >= 18 on PATH (apt-get install nodejs, or nodejs.org)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 18:
+        pytest.fail(f"MyST needs Node.js >= 18; this machine has {version}")
+    myst = shutil.which("myst") or str(Path(sys.executable).parent / "myst")
+    if not Path(myst).exists():
+        pytest.fail("the `myst` command is missing: pip install mystmd (it is in the book extra)")
+    return myst
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    skipped = {n for n in names if n in SKIP_DIRS or n.endswith(".ipynb")}
+    if Path(folder) == ROOT / "data":
+        skipped |= {n for n in names if (Path(folder) / n).is_dir()}  # downloaded datasets
+    return skipped
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the book's sources in `dest`, with the site pointed at the stand-in template."""
+    shutil.copytree(ROOT, dest, ignore=_ignore)
+    config = yaml.safe_load((dest / "myst.yml").read_text())
+    config["site"]["template"] = str(TEMPLATE)
+    (dest / "myst.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_notebooks(dest)
+    return dest
+
+
+def build(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`myst build --site --strict` in `project`, then the link check; the finished process (output in .stdout).
+
+    `env` adds variables (None removes one). A broken internal link makes the returned process fail
+    too, with the link in its output.
+    """
+    result = subprocess.run(
+        [_myst(), "build", "--site", "--strict", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in {**os.environ, "NO_COLOR": "1", **(env or {})}.items() if v is not None},
+    )
+    if result.returncode == 0 and (broken := broken_links(project / "_build" / "site")):
+        result.returncode, result.stdout = 1, result.stdout + "\nbroken links: " + ", ".join(broken)
+    return result
+
+
+def toc_files(project: Path) -> list[str]:
+    return [entry["file"] for entry in yaml.safe_load((project / "myst.yml").read_text())["project"]["toc"]]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    project = copy_project(tmp_path_factory.mktemp("site") / "book")
+    return project, build(project)
+
+
+def test_site_builds_strictly(site):
+    project, result = site
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_every_chapter_is_in_the_toc_and_every_page_built(site):
+    project, result = site
+    toc = toc_files(project)
+    assert toc[0] == "intro.md", "the introduction is the landing page"
+    chapters = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "chapters").glob("*.md"))
+    assert [f for f in toc if f.startswith("chapters/")] == chapters
+    built = {}
+    for page in (project / "_build" / "site" / "content").glob("*.json"):
+        data = json.loads(page.read_text())
+        built[data["location"].lstrip("/")] = data
+    assert sorted(built) == sorted(toc), result.stdout[-2000:]
+    for file, data in built.items():
+        assert data["mdast"]["children"], f"{file} built as an empty page"
+    config = json.loads((project / "_build" / "site" / "config.json").read_text())
+    assert config["projects"][0]["index"] == "index"
+    assert len(config["projects"][0]["pages"]) == len(toc) - 1  # the introduction is the index
+
+
+def test_every_download_is_a_chapter_notebook(site):
+    project, _ = site
+    project_config = yaml.safe_load((project / "myst.yml").read_text())["project"]
+    toc = set(toc_files(project))
+    for download in project_config["downloads"]:
+        stem = Path(download["file"]).stem
+        assert f"chapters/{stem}.md" in toc, f"{download['file']} is not a chapter of the book"
+        notebook = json.loads((project / download["file"]).read_text())
+        assert notebook["nbformat"] == 4 and notebook["cells"], f"{download['file']} is not a notebook"
+
+
+def test_bibliography_entries_are_unique_and_complete():
+    text = (ROOT / "references.bib").read_text()
+    keys = re.findall(r"^@\w+\{([^,]+),", text, re.M)
+    assert len(keys) == len(set(keys)), "duplicate citation keys"
+    for entry in re.split(r"^@", text, flags=re.M)[1:]:
+        for field in ("author", "title", "year"):
+            assert re.search(rf"^\s*{field}\s*=", entry, re.M), f"@{entry[:40]} has no {field}"
+
+
+BREAKAGES = {
+    "unresolved reference": ("See {ref}`no-such-label`.", "no-such-label"),
+    "missing citation": ("As shown by {cite:p}`nobody2099nothing`.", "nobody2099nothing"),
+    "broken internal link": ("See [the missing chapter](chapters/99_missing.md).", "99_missing"),
+    "missing label": ("See [a section](#no-such-section).", "no-such-section"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BREAKAGES))
+def test_a_broken_reference_fails_the_check(kind, tmp_path):
+    line, name = BREAKAGES[kind]
+    project = copy_project(tmp_path / "book")
+    intro = project / "intro.md"
+    intro.write_text(intro.read_text() + f"\n{line}\n")
+    result = build(project)
+    assert result.returncode != 0, f"a {kind} must fail the site check:\n{result.stdout[-3000:]}"
+    assert name in result.stdout + result.stderr
+
+
+def test_output_check_flags_pages_built_without_execution(site):
+    project, _ = site
+    empty = pages_without_outputs(project / "_build" / "site")
+    assert "/chapters/03_attention.md" in empty, "a chapter built without --execute has no outputs"
+    assert "/intro.md" not in empty, "a page without code cells needs no outputs"
+
+
+def _one_cell_project(tmp_path: Path) -> Path:
+    (tmp_path / "myst.yml").write_text(
+        yaml.safe_dump({"version": 1, "project": {"title": "t", "toc": [{"file": "page.md"}]},
+                        "site": {"template": str(TEMPLATE)}})
+    )
+    (tmp_path / "page.md").write_text(
+        "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n  language: python\n---\n"
+        "# Page\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n"
+    )
+    return tmp_path
+
+
+def test_execution_produces_outputs_with_the_ci_jupyter_config(tmp_path):
+    """MyST executes through a Jupyter server; as root it starts only with allow_root (.ci/jupyter)."""
+    _one_cell_project(tmp_path)
+    result = build(tmp_path, "--execute", env={"JUPYTER_CONFIG_PATH": str(ROOT / ".ci" / "jupyter")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert pages_without_outputs(tmp_path / "_build" / "site") == []
+    page = (tmp_path / "_build" / "site" / "content" / "index.json").read_text()
+    assert "42\\n" in page
+    assert subprocess.run([sys.executable, str(ROOT / "tools" / "check_site.py"), "--outputs",
+                           str(tmp_path / "_build" / "site")], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="Jupyter refuses only root")
+def test_as_root_without_allow_root_pages_lose_their_outputs_and_the_check_says_so(tmp_path):
+    """The failure the output check exists for: MyST's build 'succeeds' while writing no outputs."""
+    _one_cell_project(tmp_path)
+    empty_config = tmp_path / "no-jupyter-config"
+    empty_config.mkdir()
+    result = build(tmp_path, "--execute", env={"JUPYTER_CONFIG_PATH": None, "JUPYTER_CONFIG_DIR": str(empty_config)})
+    assert pages_without_outputs(tmp_path / "_build" / "site") == ["/page.md"], result.stdout[-3000:]
+    checked = subprocess.run([sys.executable, str(ROOT / "tools" / "check_site.py"), "--outputs",
+                              str(tmp_path / "_build" / "site")], capture_output=True, text=True)
+    assert checked.returncode == 1 and "/page.md" in checked.stderr
+
+
+@pytest.mark.parametrize("prefix", EXERCISED)
+def test_chapter_ends_with_labelled_exercises_and_solutions(prefix):
+    (chapter,) = ROOT.glob(prefix + "*.md")
+    text = chapter.read_text()
+    assert "\n## Exercises\n" in text, f"{chapter.name} has no Exercises section"
+    exercises = text[text.index("\n## Exercises\n"):]
+    labels = re.findall(r"^:::+\{exercise\}\n:label: (ex-[\w-]+)$", exercises, re.M)
+    assert 3 <= len(labels) <= 5, f"{chapter.name}: {len(labels)} exercises, expected 3 to 5"
+    solved = re.findall(r"^:::+\{solution-start\} (ex-[\w-]+)$", exercises, re.M)
+    assert solved == labels, f"{chapter.name}: every exercise needs one solution, in order"
+    assert exercises.count(".must_pass()") >= len(labels), f"{chapter.name}: every solution must run its check"
+
+
+def test_workflows_parse_and_run_what_the_project_has():
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    site = yaml.safe_load((ROOT / ".github" / "workflows" / "site.yml").read_text())
+    ci_runs = [s.get("run", "") for job in ci["jobs"].values() for s in job["steps"]]
+    assert any(r.strip() == "bash .ci/run" for r in ci_runs) and (ROOT / ".ci" / "run").exists()
+    steps = site["jobs"]["build"]["steps"]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert "myst build --html --execute" in runs
+    for script in re.findall(r"python (tools/\S+\.py)", runs):
+        assert (ROOT / script).exists(), f"site.yml runs {script}, which does not exist"
+    assert (ROOT / site["jobs"]["build"]["env"]["JUPYTER_CONFIG_PATH"].split("}}/")[-1]).is_dir()
+    uses = [s.get("uses", "") for job in site["jobs"].values() for s in job["steps"]]
+    assert any(u.startswith("actions/upload-pages-artifact@") for u in uses)
+    assert any(u.startswith("actions/deploy-pages@") for u in uses)
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert upload["with"]["path"] == "_build/html"
+    assert site[True]["push"]["branches"] == ["main"]  # YAML 1.1 reads the key `on` as True
+    assert "pages" in site["permissions"] and "id-token" in site["permissions"]
