@@ -46,4 +46,4 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path):
     assert one[-1]["val_loss"] < one[0]["val_loss"] - 0.1
     state = json.loads((tmp_path / "two" / "last" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]["torch"]) == 2
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "last", "metrics.jsonl", "nanogpt_run.json"]
