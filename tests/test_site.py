@@ -8,10 +8,12 @@ and `--strict` turns errors into a failed build. The HTML itself is built online
 `.github/workflows/site.yml`. Needs the `myst` command (pip's `mystmd`) and Node >= 18.
 """
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,20 +62,34 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def stop_servers_in(project: Path) -> None:
+    """End the Jupyter servers MyST started for `project`: they run in a session of their own and outlive it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"jupyter_server" in b" ".join(args) and any(str(project).encode() in a for a in args):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+
+
 def build(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`myst build --site --strict` in `project`, then the link check; the finished process (output in .stdout).
 
     `env` adds variables (None removes one). A broken internal link makes the returned process fail
     too, with the link in its output.
     """
-    result = subprocess.run(
-        [_myst(), "build", "--site", "--strict", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in {**os.environ, "NO_COLOR": "1", **(env or {})}.items() if v is not None},
-    )
+    command = [_myst(), "build", "--site", "--strict", *args]
+    env = {k: v for k, v in {**os.environ, "NO_COLOR": "1", **(env or {})}.items() if v is not None}
+    proc = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    # `--execute` starts a Jupyter server that outlives MyST: end MyST's group and that server afterwards
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        stop_servers_in(project)
+    result = subprocess.CompletedProcess(command, proc.returncode, out, err)
     if result.returncode == 0 and (broken := broken_links(project / "_build" / "site")):
         result.returncode, result.stdout = 1, result.stdout + "\nbroken links: " + ", ".join(broken)
     return result
