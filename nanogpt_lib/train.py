@@ -25,7 +25,6 @@ __all__ = [
     "Run",
     "start_run",
     "memory_needed",
-    "available_memory",
     "check_memory",
     "elapsed",
     "learning_rate",
@@ -85,7 +84,7 @@ from nanogpt_lib.checkpoint import (
 from nanogpt_lib.checkpoint import find_checkpoint as find_checkpoint
 from nanogpt_lib.checkpoint import load_checkpoint as load_checkpoint
 from nanogpt_lib.data import get_batch, load_prepared
-from nanogpt_lib.device import Precision, pick_device, pick_precision
+from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
 from nanogpt_lib.model import GPT, GPTConfig
 from nanogpt_lib.pretrained import check_init_from, init_model
 
@@ -561,25 +560,9 @@ def memory_needed(config: TrainConfig, model_config: GPTConfig) -> tuple[int, in
     return 4 * weights + activations, weights + windows + 4 * B * T * V
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes of memory a run on `device` can still use: free CUDA memory, else the host's available RAM."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:  # Linux: MemAvailable counts reclaimable caches
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_memory(config: TrainConfig, model_config: GPTConfig, device: torch.device) -> None:
     """Refuse, with the estimate and the limit, a run whose batch or evaluation cannot fit in memory."""
-    limit = available_memory(device)
+    limit = free_memory(device)  # chapter 0: free GPU memory, or the host's available RAM
     if limit is None:
         return
     training, evaluation = memory_needed(config, model_config)
