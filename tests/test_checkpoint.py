@@ -10,34 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import config, rows
 
 from nanogpt_lib import checkpoint as C
 from nanogpt_lib import cli
 from nanogpt_lib import train as T
-from nanogpt_lib.data import CharTokenizer, load_text, prepare_char_dataset
+from nanogpt_lib.data import CharTokenizer
 from nanogpt_lib.model import GPT, GPTConfig
 
 TOKENIZER = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters
 SMALL = GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
-TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, eval_iters=2, log_interval=1,
-            warmup_iters=2, device="cpu")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "tiny_shakespeare"
-    prepare_char_dataset(load_text()[:100_000], folder)
-    return folder
-
-
-def config(data_dir: Path, out: Path, **overrides) -> T.TrainConfig:
-    return T.make_config(overrides={**TINY, "data_dir": str(data_dir), "out_dir": str(out), **overrides})
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def strict(text: str):
     """json.loads that refuses NaN and Infinity, as every other JSON reader does."""
 

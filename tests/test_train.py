@@ -13,33 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_runs import config, rows
 from torch import nn
 from torch.nn import functional as F
 
 from nanogpt_lib import cli
 from nanogpt_lib import train as T
-from nanogpt_lib.data import CharTokenizer, load_text, prepare_char_dataset
+from nanogpt_lib.data import CharTokenizer
 from nanogpt_lib.model import GPT, GPTConfig
-
-TINY = dict(
-    n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, eval_iters=2, log_interval=1, warmup_iters=2,
-    device="cpu",
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "tiny_shakespeare"
-    prepare_char_dataset(load_text()[:100_000], folder)
-    return folder
-
-
-def config(data_dir: Path, out: Path, **overrides) -> T.TrainConfig:
-    return T.make_config(overrides={**TINY, "data_dir": str(data_dir), "out_dir": str(out), **overrides})
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
