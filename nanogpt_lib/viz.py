@@ -313,7 +313,7 @@ def plot_compare(data: dict[str, Any], other: dict[str, Any], layer: int, head: 
     return fig
 
 
-# chapters/07_inside.md, code cell 19
+# chapters/07_inside.md, code cell 20
 def logit_lens(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """Logits read from the residual stream after the embeddings and after each block: (n_layer + 1, B, T, vocab).
 
@@ -325,7 +325,7 @@ def logit_lens(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> torch.Ten
         return torch.stack([model.lm_head(model.transformer.ln_f(x)) for x in states])
 
 
-# chapters/07_inside.md, code cell 23
+# chapters/07_inside.md, code cell 24
 @contextlib.contextmanager
 def ablate_head(model: nn.Module, layer: int, head: int) -> Iterator[nn.Module]:
     """Inside the block, head `head` of layer `layer` contributes nothing (its output is zeroed)."""
@@ -346,7 +346,7 @@ def ablate_head(model: nn.Module, layer: int, head: int) -> Iterator[nn.Module]:
         handle.remove()
 
 
-# chapters/07_inside.md, code cell 26
+# chapters/07_inside.md, code cell 27
 def notebook_html(notebook: Any, path: str | os.PathLike) -> Path:
     """Export an executed notebook, with its saved widget state, to an HTML page that needs no network.
 
