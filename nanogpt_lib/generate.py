@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-# chapters/06_sampling.md, code cell 10
+# chapters/06_sampling.md, code cell 11
 
 from collections.abc import Iterator
 
@@ -95,7 +95,7 @@ def sample_next(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
-# chapters/06_sampling.md, code cell 14
+# chapters/06_sampling.md, code cell 15
 class KVCache:
     """Keys and values of every layer for positions 0..pos-1, in buffers allocated once for `max_len` positions.
 
@@ -145,7 +145,7 @@ class KVCache:
         self.pos = 0
 
 
-# chapters/06_sampling.md, code cell 17
+# chapters/06_sampling.md, code cell 19
 def sample_memory_bytes(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> int:
     """About how many bytes generating `batch` rows of up to `length` tokens needs besides the weights.
 
@@ -176,7 +176,7 @@ def check_sample_fits(model: nn.Module, batch: int, length: int, use_cache: bool
         )
 
 
-# chapters/06_sampling.md, code cell 19
+# chapters/06_sampling.md, code cell 21
 def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
     """Logits (B, vocab) for the token after `idx` (B, T), exactly as a full forward pass would give them.
 
@@ -263,7 +263,7 @@ def generate(
     return torch.cat([idx, *new], dim=1)
 
 
-# chapters/06_sampling.md, code cell 22
+# chapters/06_sampling.md, code cell 24
 DEFAULT_PROMPT = "\n"
 
 

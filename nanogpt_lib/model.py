@@ -84,7 +84,7 @@ class GPTConfig:
         return d
 
 
-# chapters/04_gpt.md, code cell 11
+# chapters/04_gpt.md, code cell 12
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -120,7 +120,7 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
-# chapters/04_gpt.md, code cell 12
+# chapters/04_gpt.md, code cell 13
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
 
