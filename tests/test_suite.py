@@ -1,5 +1,6 @@
 """The test suite's own wiring: chapter notebooks are built so that parallel workers never see half a file."""
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -7,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import conftest
-
 ROOT = Path(__file__).resolve().parent.parent
+# The project's own conftest.py (the one at the root, not tests/conftest.py), loaded by its path.
+_spec = importlib.util.spec_from_file_location("project_conftest", ROOT / "conftest.py")
+conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(conftest)
 
 
 def test_chapter_notebooks_are_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
