@@ -328,7 +328,14 @@ def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path):
     assert again.step == 3 and [r["step"] for r in rows(out)] == [0, 1, 2, 3]
 
 
-def test_time_budget_sizes_the_run(data_dir, tmp_path):
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """A clock that moves 10 ms at each read: a time budget counts reads, not the speed of a busy machine."""
+    now = iter(range(10**9))
+    monkeypatch.setattr(T.time, "perf_counter", lambda: next(now) * 0.01)
+
+
+def test_time_budget_sizes_the_run(data_dir, tmp_path, fake_clock):
     run = config(data_dir, tmp_path / "run", time_budget=3.0, eval_interval=50)
     result = T.train(run, progress=False)
     assert result.stopped == "time_budget" and result.step >= 3
@@ -537,7 +544,7 @@ def test_absurd_batch_or_evaluation_is_refused_with_the_estimate(data_dir, tmp_p
     assert training > 4 * weights and evaluation > weights
 
 
-def test_time_budget_on_resume_is_more_time(data_dir, tmp_path):
+def test_time_budget_on_resume_is_more_time(data_dir, tmp_path, fake_clock):
     out = tmp_path / "run"
     first = T.train(config(data_dir, out, time_budget=2.0, eval_interval=1000), progress=False)
     assert first.stopped == "time_budget"
