@@ -90,7 +90,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)
         S = k.size(2)
         # on a CPU, PyTorch's bf16/fp16 attention kernel has a large fixed cost per head: for short
-        # contexts the explicit softmax is faster (3x at 64 positions, torch 2.13), from 256 slower
+        # contexts the explicit softmax is faster and for long ones slower, hence the cut-off at 128 positions
         if return_weights or (x.device.type == "cpu" and q.dtype != torch.float32 and S <= 128):
             scores = (q * (1.0 / math.sqrt(k.size(-1)))) @ k.transpose(-2, -1)
             if T > 1:
