@@ -14,9 +14,20 @@ __all__ = [
     "split_pattern",
     "train_merges",
     "apply_merges",
+    "encode_chunks",
+    "split_special",
     "merges_from_ranks",
     "FORMAT",
     "FORMAT_VERSION",
+    "bpe_fields",
+    "bpe_file_text",
+    "read_bpe_file",
+    "merge_tables",
+    "check_special_tokens",
+    "BPECodec",
+    "training_chunks",
+    "merges_for_vocab",
+    "tiktoken_encoding",
     "BPETokenizer",
 ]
 
@@ -29,7 +40,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Literal
@@ -147,6 +158,72 @@ def apply_merges(ids: list[int], ranks: Mapping[tuple[int, int], int]) -> list[i
 
 
 # chapters/02_bpe.md, code cell 18
+_CACHE_LIMIT = 200_000  # distinct chunks remembered per tokenizer
+
+
+def encode_chunks(
+    chunks: Iterable[str],
+    byte_ids: Sequence[int],
+    ranks: Mapping[tuple[int, int], int],
+    cache: dict[str, list[int]],
+) -> list[int]:
+    """The token ids of `chunks`, joined: each chunk's UTF-8 bytes mapped through `byte_ids`, then merged.
+
+    `cache` maps chunks already encoded to their ids; it is read and filled here, and emptied when it
+    holds `_CACHE_LIMIT` chunks.
+    """
+    out: list[int] = []
+    for chunk in chunks:
+        ids = cache.get(chunk)
+        if ids is None:
+            ids = apply_merges([byte_ids[b] for b in chunk.encode("utf-8")], ranks)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[chunk] = ids
+        out += ids
+    return out
+
+
+# chapters/02_bpe.md, code cell 20
+def _alternation(strings: Iterable[str]) -> re.Pattern:
+    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
+
+
+def split_special(
+    text: str,
+    special_tokens: Mapping[str, int],
+    allowed_special: Literal["all"] | Collection[str] = (),
+    disallowed_special: Literal["all"] | Collection[str] = "all",
+) -> list[str | int]:
+    """`text` cut at its allowed special tokens: the ordinary pieces (str) and special ids (int), in order.
+
+    A special token's string in `text` raises ValueError unless it is in `allowed_special` or left
+    out of `disallowed_special`; "all" means every key of `special_tokens`.
+    """
+    allowed = set(special_tokens) if allowed_special == "all" else set(allowed_special)
+    if allowed - set(special_tokens):
+        raise ValueError(
+            f"allowed_special names {sorted(allowed - set(special_tokens))}, which are not special "
+            f"tokens of this tokenizer (it has {sorted(special_tokens) or 'none'})"
+        )
+    disallowed = set(special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
+    if disallowed and (found := _alternation(disallowed).search(text)):
+        raise ValueError(
+            f"text contains the special token {found.group()!r} at index {found.start()}. Pass "
+            f"allowed_special={{{found.group()!r}}} (or 'all') to encode it as a special token, "
+            "or disallowed_special=() to encode it as ordinary text"
+        )
+    if not allowed:
+        return [text]
+    pieces: list[str | int] = []
+    start = 0
+    for m in _alternation(allowed).finditer(text):
+        pieces += [text[start : m.start()], special_tokens[m.group()]]
+        start = m.end()
+    return pieces + [text[start:]]
+
+
+# chapters/02_bpe.md, code cell 22
 def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[int, int]], bytes]:
     """The ordered merge list and byte order behind tiktoken-style ranks (token bytes -> id).
 
@@ -172,23 +249,108 @@ def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[
     return merges, byte_order
 
 
-# chapters/02_bpe.md, code cell 20
+# chapters/02_bpe.md, code cell 24
 FORMAT = "nanogpt-bpe"
 FORMAT_VERSION = 2  # 1 was a line-based text format; 2 is JSON, the same dict as to_dict
-_CACHE_LIMIT = 200_000  # distinct chunks remembered per tokenizer
+_NOT_A_FILE_HINT = "is this a file written by BPETokenizer.save?"
 
 
+def bpe_fields(d: Mapping) -> tuple[list, str, Mapping, bytes | None]:
+    """(merges, pattern, special_tokens, byte_order) from a description that `to_dict` wrote.
+
+    Every field is checked, and the pattern must be one of SPLIT_PATTERNS, by name or by value.
+    """
+    if not isinstance(d, Mapping) or d.get("type") != "bpe" or "merges" not in d or "pattern" not in d:
+        got = d.get("type") if isinstance(d, Mapping) else type(d).__name__
+        raise ValueError(
+            f"not a BPE tokenizer description: expected type 'bpe' (got {got!r}) with 'merges' and "
+            "'pattern', as written by BPETokenizer.to_dict"
+        )
+    if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError(f"field 'version': {d['version']!r}; this library reads version {FORMAT_VERSION}")
+    pattern = d["pattern"]
+    if pattern not in SPLIT_PATTERNS and pattern not in SPLIT_PATTERNS.values():
+        raise ValueError(
+            f"field 'pattern': {str(pattern)[:80]!r} is not one of the known split patterns "
+            f"({', '.join(SPLIT_PATTERNS)}). A regular expression read from a file is never compiled unchecked "
+            "(a crafted one can run for hours); build the tokenizer in code if you trust the pattern"
+        )
+    merges, special, order = d["merges"], d.get("special_tokens") or {}, d.get("byte_order")
+    if not isinstance(merges, list) or not all(
+        isinstance(m, list) and len(m) == 2 and all(type(i) is int for i in m) for m in merges
+    ):
+        raise ValueError("field 'merges': expected a list of [left id, right id] pairs of integers")
+    if not isinstance(special, Mapping) or not all(type(i) is int for i in special.values()):
+        raise ValueError("field 'special_tokens': expected an object mapping strings to integer ids")
+    if order is not None and not (isinstance(order, list) and all(type(b) is int and 0 <= b < 256 for b in order)):
+        raise ValueError("field 'byte_order': expected a list of the 256 byte values")
+    return merges, pattern, special, None if order is None else bytes(order)
+
+
+def bpe_file_text(d: Mapping) -> str:
+    """The JSON text of the description `d`, with one merge per line."""
+    d = dict(d)
+    merges = d.pop("merges")
+    head = json.dumps(d, ensure_ascii=False)[:-1]
+    body = ",\n".join(f"[{a}, {b}]" for a, b in merges)
+    return f'{head},\n"merges": [\n{body}\n]}}\n'
+
+
+def read_bpe_file(path: str | os.PathLike) -> dict:
+    """The description in a file that `bpe_file_text` wrote; anything else is a ValueError naming the file."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e}); {_NOT_A_FILE_HINT}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f"{path}: expected a JSON object with \"format\": \"{FORMAT}\"; {_NOT_A_FILE_HINT}")
+    return d
+
+
+# chapters/02_bpe.md, code cell 25
 def _fix_surrogates(text: str) -> str:
     # Lone surrogates have no UTF-8 form; like tiktoken, replace them with U+FFFD.
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _alternation(strings: Iterable[str]) -> re.Pattern:
-    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
+def merge_tables(
+    merges: Sequence[tuple[int, int]], byte_order: bytes
+) -> tuple[dict[tuple[int, int], int], list[bytes], list[int]]:
+    """Check a merge list and index it: (pair -> new id, the bytes of every id, byte value -> id).
+
+    Merge k must join two ids below 256 + k and must not repeat an earlier merge; `byte_order`
+    must list each of the 256 byte values once.
+    """
+    if sorted(byte_order) != list(range(N_BYTES)):
+        raise ValueError("byte_order must list each of the 256 byte values exactly once")
+    vocab = [bytes([b]) for b in byte_order]
+    ranks: dict[tuple[int, int], int] = {}
+    for k, (a, b) in enumerate(merges):
+        new_id = N_BYTES + k
+        if not (0 <= a < new_id and 0 <= b < new_id):
+            raise ValueError(f"merge {k} {(a, b)} uses an id that does not exist yet (only ids below {new_id} do)")
+        if (a, b) in ranks:
+            raise ValueError(f"merge {k} {(a, b)} repeats merge {ranks[(a, b)] - N_BYTES}")
+        ranks[(a, b)] = new_id
+        vocab.append(vocab[a] + vocab[b])
+    byte_ids = [0] * N_BYTES
+    for i, b in enumerate(byte_order):
+        byte_ids[b] = i
+    return ranks, vocab, byte_ids
 
 
-class BPETokenizer:
-    """A byte-level BPE tokenizer: regex pre-tokenization, ordered merges, special tokens.
+def check_special_tokens(special_tokens: Mapping[str, int], first_id: int) -> None:
+    """Refuse special tokens that are not non-empty strings with distinct integer ids from `first_id` on."""
+    for s, i in special_tokens.items():
+        if not isinstance(s, str) or not s or not isinstance(i, int) or i < first_id:
+            raise ValueError(f"special token {s!r}: {i!r} needs a non-empty string and an id >= {first_id}")
+    if len(set(special_tokens.values())) != len(special_tokens):
+        raise ValueError(f"special tokens need distinct ids, got {special_tokens}")
+
+
+# chapters/02_bpe.md, code cell 26
+class BPECodec:
+    """Encodes text into token ids and decodes ids into text with a fixed byte-level BPE vocabulary.
 
     `merges[k] = (a, b)` creates token id 256 + k from the neighbouring ids a and b (both below
     256 + k). `pattern` is "gpt2", "cl100k" or a regular expression for the `regex` package.
@@ -207,28 +369,9 @@ class BPETokenizer:
         self.pattern = split_pattern(pattern)
         self.special_tokens = dict(special_tokens or {})
         self.byte_order = bytes(range(N_BYTES)) if byte_order is None else bytes(byte_order)
-        if sorted(self.byte_order) != list(range(N_BYTES)):
-            raise ValueError("byte_order must list each of the 256 byte values exactly once")
-        vocab = [bytes([b]) for b in self.byte_order]
-        self._ranks: dict[tuple[int, int], int] = {}
-        for k, (a, b) in enumerate(self.merges):
-            new_id = N_BYTES + k
-            if not (0 <= a < new_id and 0 <= b < new_id):
-                raise ValueError(f"merge {k} {(a, b)} uses an id that does not exist yet (only ids below {new_id} do)")
-            if (a, b) in self._ranks:
-                raise ValueError(f"merge {k} {(a, b)} repeats merge {self._ranks[(a, b)] - N_BYTES}")
-            self._ranks[(a, b)] = new_id
-            vocab.append(vocab[a] + vocab[b])
-        for s, i in self.special_tokens.items():
-            if not isinstance(s, str) or not s or not isinstance(i, int) or i < len(vocab):
-                raise ValueError(f"special token {s!r}: {i!r} needs a non-empty string and an id >= {len(vocab)}")
-        if len(set(self.special_tokens.values())) != len(self.special_tokens):
-            raise ValueError(f"special tokens need distinct ids, got {self.special_tokens}")
-        self._vocab = vocab
+        self._ranks, self._vocab, self._byte_ids = merge_tables(self.merges, self.byte_order)
+        check_special_tokens(self.special_tokens, len(self._vocab))
         self._special_bytes = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
-        self._byte_ids = [0] * N_BYTES
-        for i, b in enumerate(self.byte_order):
-            self._byte_ids[b] = i
         self._split = regex.compile(self.pattern)
         self._cache: dict[str, list[int]] = {}
 
@@ -239,9 +382,124 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         name = next((k for k, v in SPLIT_PATTERNS.items() if v == self.pattern), "custom")
-        return f"BPETokenizer(vocab_size={self.vocab_size}, pattern={name!r}, special_tokens={self.special_tokens})"
+        return (
+            f"{type(self).__name__}(vocab_size={self.vocab_size}, pattern={name!r}, "
+            f"special_tokens={self.special_tokens})"
+        )
 
-    # --- training and loading -------------------------------------------------------------
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, with special-token strings treated as ordinary text."""
+        try:
+            return encode_chunks(self._split.findall(text), self._byte_ids, self._ranks, self._cache)
+        except UnicodeEncodeError:
+            return encode_chunks(self._split.findall(_fix_surrogates(text)), self._byte_ids, self._ranks, self._cache)
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | Collection[str] = (),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Token ids of `text`, with tiktoken's rules for special tokens (see `split_special`).
+
+        A special token's string in `text` raises ValueError unless it is in `allowed_special`
+        (it becomes its special id) or left out of `disallowed_special` (it is encoded as ordinary
+        text). "all" means every special token of this tokenizer.
+        """
+        out: list[int] = []
+        for piece in split_special(text, self.special_tokens, allowed_special, disallowed_special):
+            out += [piece] if isinstance(piece, int) else self.encode_ordinary(piece)
+        return out
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes that one token stands for."""
+        if 0 <= token_id < len(self._vocab):
+            return self._vocab[token_id]
+        if token_id in self._special_bytes:
+            return self._special_bytes[token_id]
+        raise ValueError(f"token id {token_id!r} is not in this tokenizer's vocabulary (ids 0..{self.vocab_size - 1})")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of the tokens `ids`, joined."""
+        return b"".join(self.token_bytes(i) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; bytes that do not form valid UTF-8 become U+FFFD, as in tiktoken."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+# chapters/02_bpe.md, code cell 27
+def training_chunks(text: str, vocab_size: int, pattern: str, special_tokens: Sequence[str]) -> Counter[str]:
+    """The chunks of `text` under `pattern`, with their counts; the text is first cut at `special_tokens`.
+
+    Refuses an empty text and a `vocab_size` without room for the 256 bytes and the special tokens.
+    """
+    smallest = N_BYTES + len(special_tokens)
+    if not isinstance(text, str) or not text:
+        raise ValueError("cannot train a tokenizer on an empty text; pass the text to learn merges from")
+    if not isinstance(vocab_size, int) or vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size={vocab_size!r} is too small: a byte-level tokenizer needs the 256 byte tokens"
+            f"{f' and {len(special_tokens)} special tokens' if special_tokens else ''}, so at least {smallest}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _fix_surrogates(text)
+    split = regex.compile(split_pattern(pattern))
+    pieces = _alternation(special_tokens).split(text) if special_tokens else [text]
+    chunks: Counter[str] = Counter()
+    for piece in pieces:
+        chunks.update(split.findall(piece))
+    return chunks
+
+
+def merges_for_vocab(
+    chunk_counts: Mapping[str, int], vocab_size: int, num_special: int, stacklevel: int = 2
+) -> list[tuple[int, int]]:
+    """The merges that make a vocabulary of `vocab_size` with `num_special` special tokens, from chunk counts.
+
+    When the chunks run out of pairs first, warns (at `stacklevel`) and returns the merges reached.
+    """
+    smallest = N_BYTES + num_special
+    if not isinstance(vocab_size, int) or vocab_size < smallest:
+        raise ValueError(f"vocab_size={vocab_size!r} is too small: it must be at least {smallest}")
+    num_merges = vocab_size - smallest
+    merges = train_merges({c.encode("utf-8"): n for c, n in chunk_counts.items()}, num_merges)
+    if len(merges) < num_merges:
+        reached = smallest + len(merges)
+        warnings.warn(
+            f"the text ran out of pairs to merge after {len(merges)} merges: the vocabulary has {reached} "
+            f"tokens, not the {vocab_size} asked for. Train on more text or ask for vocab_size <= {reached}",
+            stacklevel=stacklevel + 1,
+        )
+    return merges
+
+
+def tiktoken_encoding(encoding: str):
+    """tiktoken's encoding named `encoding`, read from its cache (TIKTOKEN_CACHE_DIR), downloaded once."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding(encoding)
+    except Exception as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(
+            f"could not load tiktoken's encoding {encoding!r} ({why}). Check the name "
+            f"(tiktoken has {', '.join(tiktoken.list_encoding_names())}); offline, point the environment "
+            "variable TIKTOKEN_CACHE_DIR at a tiktoken cache that holds it"
+        ) from e
+
+
+# chapters/02_bpe.md, code cell 28
+class BPETokenizer(BPECodec):
+    """A byte-level BPE tokenizer: regex pre-tokenization, ordered merges, special tokens.
+
+    Built from (merges, pattern, special_tokens, byte_order) as `BPECodec` describes, which also
+    encodes and decodes; trained from text with `train`, taken from tiktoken with `from_tiktoken`,
+    read with `from_dict` or `load`, written with `to_dict` or `save`.
+    """
 
     @classmethod
     def train(
@@ -253,23 +511,7 @@ class BPETokenizer:
         runs out of pairs first, warns and returns the vocabulary actually reached.
         """
         special_tokens = list(dict.fromkeys(special_tokens))
-        smallest = N_BYTES + len(special_tokens)
-        if not isinstance(text, str) or not text:
-            raise ValueError("cannot train a tokenizer on an empty text; pass the text to learn merges from")
-        if not isinstance(vocab_size, int) or vocab_size < smallest:
-            raise ValueError(
-                f"vocab_size={vocab_size!r} is too small: a byte-level tokenizer needs the 256 byte tokens"
-                f"{f' and {len(special_tokens)} special tokens' if special_tokens else ''}, so at least {smallest}"
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = _fix_surrogates(text)
-        split = regex.compile(split_pattern(pattern))
-        pieces = _alternation(special_tokens).split(text) if special_tokens else [text]
-        chunks: Counter[str] = Counter()
-        for piece in pieces:
-            chunks.update(split.findall(piece))
+        chunks = training_chunks(text, vocab_size, pattern, special_tokens)
         return cls.train_from_chunks(chunks, vocab_size, pattern, special_tokens, _stacklevel=3)
 
     @classmethod
@@ -284,38 +526,14 @@ class BPETokenizer:
         """Like `train`, from the counts of the text's chunks under `pattern` (counted piece by piece
         for a text too large to hold: `regex.findall(split_pattern(pattern), piece)`)."""
         special_tokens = list(dict.fromkeys(special_tokens))
-        smallest = N_BYTES + len(special_tokens)
-        if not isinstance(vocab_size, int) or vocab_size < smallest:
-            raise ValueError(f"vocab_size={vocab_size!r} is too small: it must be at least {smallest}")
-        num_merges = vocab_size - smallest
-        merges = train_merges({c.encode("utf-8"): n for c, n in chunk_counts.items()}, num_merges)
-        if len(merges) < num_merges:
-            reached = smallest + len(merges)
-            warnings.warn(
-                f"the text ran out of pairs to merge after {len(merges)} merges: the vocabulary has {reached} "
-                f"tokens, not the {vocab_size} asked for. Train on more text or ask for vocab_size <= {reached}",
-                stacklevel=_stacklevel,
-            )
+        merges = merges_for_vocab(chunk_counts, vocab_size, len(special_tokens), _stacklevel + 1)
         first_special = N_BYTES + len(merges)
         return cls(merges, pattern, {s: first_special + j for j, s in enumerate(special_tokens)})
 
     @classmethod
     def from_tiktoken(cls, encoding: str = "gpt2") -> BPETokenizer:
-        """The tokenizer of a tiktoken encoding ("gpt2"), rebuilt as merges; tiktoken's ids exactly.
-
-        tiktoken reads the encoding from its cache (TIKTOKEN_CACHE_DIR), downloading it once.
-        """
-        import tiktoken
-
-        try:
-            enc = tiktoken.get_encoding(encoding)
-        except Exception as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RuntimeError(
-                f"could not load tiktoken's encoding {encoding!r} ({why}). Check the name "
-                f"(tiktoken has {', '.join(tiktoken.list_encoding_names())}); offline, point the environment "
-                "variable TIKTOKEN_CACHE_DIR at a tiktoken cache that holds it"
-            ) from e
+        """The tokenizer of a tiktoken encoding ("gpt2"), rebuilt as merges; tiktoken's ids exactly."""
+        enc = tiktoken_encoding(encoding)
         merges, byte_order = merges_from_ranks(enc._mergeable_ranks)
         return cls(merges, enc._pat_str, enc._special_tokens, byte_order)
 
@@ -334,127 +552,17 @@ class BPETokenizer:
     @classmethod
     def from_dict(cls, d: Mapping) -> BPETokenizer:
         """The tokenizer that `to_dict` described; every field is checked, the pattern against the known ones."""
-        if not isinstance(d, Mapping) or d.get("type") != "bpe" or "merges" not in d or "pattern" not in d:
-            got = d.get("type") if isinstance(d, Mapping) else type(d).__name__
-            raise ValueError(
-                f"not a BPE tokenizer description: expected type 'bpe' (got {got!r}) with 'merges' and "
-                "'pattern', as written by BPETokenizer.to_dict"
-            )
-        if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ValueError(f"field 'version': {d['version']!r}; this library reads version {FORMAT_VERSION}")
-        pattern = d["pattern"]
-        if pattern not in SPLIT_PATTERNS and pattern not in SPLIT_PATTERNS.values():
-            raise ValueError(
-                f"field 'pattern': {str(pattern)[:80]!r} is not one of the known split patterns "
-                f"({', '.join(SPLIT_PATTERNS)}). A regular expression read from a file is never compiled unchecked "
-                "(a crafted one can run for hours); build the tokenizer in code if you trust the pattern"
-            )
-        merges, special, order = d["merges"], d.get("special_tokens") or {}, d.get("byte_order")
-        if not isinstance(merges, list) or not all(
-            isinstance(m, list) and len(m) == 2 and all(type(i) is int for i in m) for m in merges
-        ):
-            raise ValueError("field 'merges': expected a list of [left id, right id] pairs of integers")
-        if not isinstance(special, Mapping) or not all(type(i) is int for i in special.values()):
-            raise ValueError("field 'special_tokens': expected an object mapping strings to integer ids")
-        if order is not None and not (isinstance(order, list) and all(type(b) is int and 0 <= b < 256 for b in order)):
-            raise ValueError("field 'byte_order': expected a list of the 256 byte values")
-        return cls(merges, pattern, special, None if order is None else bytes(order))
+        return cls(*bpe_fields(d))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `to_dict()` to `path` as JSON, one merge per line (what `load` reads)."""
-        d = self.to_dict()
-        merges = d.pop("merges")
-        head = json.dumps(d, ensure_ascii=False)[:-1]
-        body = ",\n".join(f"[{a}, {b}]" for a, b in merges)
-        Path(path).write_text(f'{head},\n"merges": [\n{body}\n]}}\n', encoding="utf-8")
+        Path(path).write_text(bpe_file_text(self.to_dict()), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
         """Read a tokenizer that `save` wrote; a file that is not one is a ValueError naming the field."""
-        hint = "is this a file written by BPETokenizer.save?"
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a JSON file ({e}); {hint}") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{path}: expected a JSON object with \"format\": \"{FORMAT}\"; {hint}")
+        d = read_bpe_file(path)
         try:
             return cls.from_dict(d)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}; {hint}") from None
-
-    # --- encoding -------------------------------------------------------------------------
-
-    def _encode_ordinary(self, text: str) -> list[int]:
-        out: list[int] = []
-        cache = self._cache
-        for chunk in self._split.findall(text):
-            ids = cache.get(chunk)
-            if ids is None:
-                ids = apply_merges([self._byte_ids[b] for b in chunk.encode("utf-8")], self._ranks)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[chunk] = ids
-            out += ids
-        return out
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, with special-token strings treated as ordinary text."""
-        try:
-            return self._encode_ordinary(text)
-        except UnicodeEncodeError:
-            return self._encode_ordinary(_fix_surrogates(text))
-
-    def encode(
-        self,
-        text: str,
-        *,
-        allowed_special: Literal["all"] | Collection[str] = (),
-        disallowed_special: Literal["all"] | Collection[str] = "all",
-    ) -> list[int]:
-        """Token ids of `text`, with tiktoken's rules for special tokens.
-
-        A special token's string in `text` raises ValueError unless it is in `allowed_special`
-        (it becomes its special id) or left out of `disallowed_special` (it is encoded as ordinary
-        text). "all" means every special token of this tokenizer.
-        """
-        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
-        if allowed - set(self.special_tokens):
-            raise ValueError(
-                f"allowed_special names {sorted(allowed - set(self.special_tokens))}, which are not special "
-                f"tokens of this tokenizer (it has {sorted(self.special_tokens) or 'none'})"
-            )
-        disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
-        if disallowed and (found := _alternation(disallowed).search(text)):
-            raise ValueError(
-                f"text contains the special token {found.group()!r} at index {found.start()}. Pass "
-                f"allowed_special={{{found.group()!r}}} (or 'all') to encode it as a special token, "
-                "or disallowed_special=() to encode it as ordinary text"
-            )
-        if not allowed:
-            return self.encode_ordinary(text)
-        out: list[int] = []
-        start = 0
-        for m in _alternation(allowed).finditer(text):
-            out += self.encode_ordinary(text[start : m.start()])
-            out.append(self.special_tokens[m.group()])
-            start = m.end()
-        return out + self.encode_ordinary(text[start:])
-
-    # --- decoding -------------------------------------------------------------------------
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes that one token stands for."""
-        if 0 <= token_id < len(self._vocab):
-            return self._vocab[token_id]
-        if token_id in self._special_bytes:
-            return self._special_bytes[token_id]
-        raise ValueError(f"token id {token_id!r} is not in this tokenizer's vocabulary (ids 0..{self.vocab_size - 1})")
-
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The bytes of the tokens `ids`, joined."""
-        return b"".join(self.token_bytes(i) for i in ids)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; bytes that do not form valid UTF-8 become U+FFFD, as in tiktoken."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+            raise ValueError(f"{path}: {e}; {_NOT_A_FILE_HINT}") from None
