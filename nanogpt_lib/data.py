@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "check_vocabulary",
+    "unknown_characters_error",
+    "checked_ids",
     "CharTokenizer",
     "PREPARED_FORMAT",
     "PREPARED_VERSION",
@@ -57,6 +60,48 @@ from nanogpt_lib.datasets import (  # noqa: F401 (re-exported: nanogpt_lib.data 
 
 
 # chapters/01_data.md, code cell 9
+def check_vocabulary(chars: list) -> None:
+    """Refuse a vocabulary that is empty, holds anything but single characters, or repeats one."""
+    if not chars:
+        raise ValueError("a CharTokenizer needs at least one character in its vocabulary")
+    bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+    if bad:
+        raise ValueError(f"the vocabulary must be single characters; got {bad[:5]!r}")
+    if len(set(chars)) != len(chars):
+        dups = sorted({c for c in chars if chars.count(c) > 1})
+        raise ValueError(f"the vocabulary lists these characters more than once: {dups!r}")
+
+
+def unknown_characters_error(text: str, stoi: dict[str, int]) -> ValueError:
+    """The error for the characters of `text` missing from `stoi`: each named with its first position."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(text):
+        if c not in stoi and c not in first:
+            first[c] = i
+    shown = ", ".join(f"{c!r} (first at position {i})" for c, i in list(first.items())[:10])
+    more = f" and {len(first) - 10} more" if len(first) > 10 else ""
+    return ValueError(
+        f"{len(first)} character(s) are not in this tokenizer's vocabulary of {len(stoi)}: "
+        f"{shown}{more}. Build the tokenizer from text that contains them (CharTokenizer.from_text), "
+        "or map them to a replacement with CharTokenizer(chars, unknown=<a character of the vocabulary>)."
+    )
+
+
+def checked_ids(ids, vocab_size: int) -> list[int]:
+    """Token ids (a list, NumPy array or tensor of ints) as a list of ints, each in 0..vocab_size - 1."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    try:
+        ids = [operator.index(i) for i in ids]  # ints of any kind, but not floats
+    except TypeError as e:
+        raise ValueError(f"token ids must be integers: {e}") from e
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        pos, i = next((pos, i) for pos, i in enumerate(ids) if not 0 <= i < vocab_size)
+        raise ValueError(f"token id {i} at position {pos} is not in this tokenizer's range 0..{vocab_size - 1}")
+    return ids
+
+
+# chapters/01_data.md, code cell 10
 class CharTokenizer:
     """One token per character: the id of a character is its position in `chars`.
 
@@ -66,14 +111,7 @@ class CharTokenizer:
 
     def __init__(self, chars: str | list[str], unknown: str | None = None):
         chars = list(chars)
-        if not chars:
-            raise ValueError("a CharTokenizer needs at least one character in its vocabulary")
-        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
-        if bad:
-            raise ValueError(f"the vocabulary must be single characters; got {bad[:5]!r}")
-        if len(set(chars)) != len(chars):
-            dups = sorted({c for c in chars if chars.count(c) > 1})
-            raise ValueError(f"the vocabulary lists these characters more than once: {dups!r}")
+        check_vocabulary(chars)
         self.chars = "".join(chars)
         self.stoi = {c: i for i, c in enumerate(chars)}
         if unknown is not None and unknown not in self.stoi:
@@ -99,35 +137,15 @@ class CharTokenizer:
             return [stoi[c] for c in text]
         except KeyError:
             pass
-        if self.unknown is not None:
-            fallback = stoi[self.unknown]
-            return [stoi.get(c, fallback) for c in text]
-        first: dict[str, int] = {}
-        for i, c in enumerate(text):
-            if c not in stoi and c not in first:
-                first[c] = i
-        shown = ", ".join(f"{c!r} (first at position {i})" for c, i in list(first.items())[:10])
-        more = f" and {len(first) - 10} more" if len(first) > 10 else ""
-        raise ValueError(
-            f"{len(first)} character(s) are not in this tokenizer's vocabulary of {self.vocab_size}: "
-            f"{shown}{more}. Build the tokenizer from text that contains them (CharTokenizer.from_text), "
-            "or map them to a replacement with CharTokenizer(chars, unknown=<a character of the vocabulary>)."
-        )
+        if self.unknown is None:
+            raise unknown_characters_error(text, stoi)
+        fallback = stoi[self.unknown]
+        return [stoi.get(c, fallback) for c in text]
 
     def decode(self, ids) -> str:
         """The text of token ids (a list, NumPy array or tensor of ints)."""
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        try:
-            ids = [operator.index(i) for i in ids]  # ints of any kind, but not floats
-        except TypeError as e:
-            raise ValueError(f"token ids must be integers: {e}") from e
-        n = self.vocab_size
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            pos, i = next((pos, i) for pos, i in enumerate(ids) if not 0 <= i < n)
-            raise ValueError(f"token id {i} at position {pos} is not in this tokenizer's range 0..{n - 1}")
         chars = self.chars
-        return "".join([chars[i] for i in ids])
+        return "".join([chars[i] for i in checked_ids(ids, len(chars))])
 
     def to_dict(self) -> dict:
         """A JSON-serialisable description; `CharTokenizer.from_dict` reverses it."""
@@ -159,7 +177,7 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
-# chapters/01_data.md, code cell 12
+# chapters/01_data.md, code cell 13
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -228,7 +246,7 @@ def fit_tokenizer(spec: str, pieces: Callable[[str], Iterable[str]]) -> tuple[ob
     return tokenizer, tokenizer.to_dict(), tokenizer.encode_ordinary
 
 
-# chapters/01_data.md, code cell 13
+# chapters/01_data.md, code cell 14
 def prepare_pieces(
     pieces: Callable[[str], Iterable[str]],
     out_dir: str | os.PathLike,
@@ -266,7 +284,7 @@ def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: fl
     return prepare_pieces(pieces, out_dir, "char", val_fraction)
 
 
-# chapters/01_data.md, code cell 15
+# chapters/01_data.md, code cell 16
 @dataclass
 class PreparedData:
     """A tokenized dataset on disk: the train and validation token arrays and what they mean."""
@@ -334,7 +352,7 @@ def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 <
             )
 
 
-# chapters/01_data.md, code cell 16
+# chapters/01_data.md, code cell 17
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked.
 
@@ -380,7 +398,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
 
 
-# chapters/01_data.md, code cell 18
+# chapters/01_data.md, code cell 19
 def prepare_text(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -410,7 +428,7 @@ def prepare_text(
     return {**meta, "out_dir": str(out_dir), "files": len(files), "binary_skipped": skipped}
 
 
-# chapters/01_data.md, code cell 20
+# chapters/01_data.md, code cell 21
 PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare", "shakespeare": "tinyshakespeare"}
 
 
@@ -443,7 +461,7 @@ def prepare_dataset(
     return prepare_text(path, out, tokenizer, val_fraction, progress=progress)
 
 
-# chapters/01_data.md, code cell 22
+# chapters/01_data.md, code cell 23
 def get_batch(
     tokens: np.ndarray,
     batch_size: int,
@@ -472,7 +490,7 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
-# chapters/01_data.md, code cell 26
+# chapters/01_data.md, code cell 27
 class BigramLanguageModel(nn.Module):
     """The next token's logits from the current token alone: a learned (vocab_size x vocab_size) table."""
 
