@@ -199,6 +199,7 @@ def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None
     return logits[:, -1]
 
 
+# chapters/06_sampling.md, code cell 22
 @torch.inference_mode()  # like no_grad, and lighter: a generation step is short, so overhead counts
 def generate_stream(
     model: nn.Module,
@@ -263,7 +264,7 @@ def generate(
     return torch.cat([idx, *new], dim=1)
 
 
-# chapters/06_sampling.md, code cell 24
+# chapters/06_sampling.md, code cell 25
 DEFAULT_PROMPT = "\n"
 
 
@@ -289,6 +290,7 @@ def encode_prompt(tokenizer, prompt: str, device: torch.device | str = "cpu") ->
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
+# chapters/06_sampling.md, code cell 26
 def _held_back(text: str, stop: str) -> int:
     """How many characters at the end of `text` could be the start of `stop` (so may not be shown yet)."""
     for n in range(min(len(stop) - 1, len(text)), 0, -1):
@@ -338,6 +340,7 @@ def stream_text(
         yield text[shown:]
 
 
+# chapters/06_sampling.md, code cell 27
 def generate_text(
     model: nn.Module,
     tokenizer,
