@@ -49,6 +49,7 @@ def _array_difference(actual, expected, rtol: float, atol: float) -> str | None:
             f"got {a[where].item()!r}, expected {e[where].item()!r}")
 
 
+# chapters/A9_exercises.md, code cell 4
 def first_difference(actual, expected, rtol: float = 1e-5, atol: float = 1e-6) -> str | None:
     """None when `actual` matches `expected`, else a sentence naming the first difference.
 
@@ -103,7 +104,7 @@ def _mapping_difference(actual, expected, rtol: float, atol: float) -> str | Non
     return None
 
 
-# chapters/A9_exercises.md, code cell 5
+# chapters/A9_exercises.md, code cell 6
 @dataclass
 class CheckResult:
     """The outcome of one exercise check: passed (True), failed (False) or not attempted (None)."""
