@@ -205,3 +205,26 @@ def test_contributing_points_to_the_architecture_in_the_repository():
     architecture = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     for topic in ("## Layout", "## The export contract", "## Public surface", "Quick mode", "Checkpoints", "Errors"):
         assert topic in architecture, topic
+
+
+# The style rule "no exported cell over ~80 lines", checked for the chapters listed here. Chapters 03, 04 and 05
+# are not listed: their long cells are being split in other changes; add each chapter once its cells fit.
+SHORT_CELL_CHAPTERS = [
+    "chapters/01_data.md",
+    "chapters/02_bpe.md",
+    "chapters/06_sampling.md",
+    "chapters/A9_exercises.md",
+]
+MAX_EXPORTED_CELL_LINES = 80
+
+
+@pytest.mark.parametrize("chapter", SHORT_CELL_CHAPTERS)
+def test_exported_cells_are_short(chapter: str):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import export_chapters
+
+    module = export_chapters.read_chapter(ROOT / chapter, ROOT)
+    assert module is not None and module.cells, f"{chapter} exports nothing"
+    lines = {c.number: len(c.code.splitlines()) for c in module.cells}
+    long = {number: n for number, n in lines.items() if n > MAX_EXPORTED_CELL_LINES}
+    assert long == {}, f"{chapter}: exported cells over {MAX_EXPORTED_CELL_LINES} lines (code cell: lines): {long}"
