@@ -460,7 +460,8 @@ def merges_for_vocab(
 ) -> list[tuple[int, int]]:
     """The merges that make a vocabulary of `vocab_size` with `num_special` special tokens, from chunk counts.
 
-    When the chunks run out of pairs first, warns (at `stacklevel`) and returns the merges reached.
+    When the chunks run out of pairs first, warns and returns the merges reached; `stacklevel` 2 (the
+    default) attributes the warning to the caller of this function, 3 to the caller's caller, and so on.
     """
     smallest = N_BYTES + num_special
     if not isinstance(vocab_size, int) or vocab_size < smallest:
@@ -472,7 +473,7 @@ def merges_for_vocab(
         warnings.warn(
             f"the text ran out of pairs to merge after {len(merges)} merges: the vocabulary has {reached} "
             f"tokens, not the {vocab_size} asked for. Train on more text or ask for vocab_size <= {reached}",
-            stacklevel=stacklevel + 1,
+            stacklevel=stacklevel,
         )
     return merges
 

@@ -329,6 +329,14 @@ def test_unreachable_vocab_size_warns_and_returns_what_was_reached():
     assert single.vocab_size == 257 and single.special_tokens == {ENDOFTEXT: 256}
 
 
+def test_the_warning_for_an_unreachable_vocab_size_points_at_the_caller():
+    with pytest.warns(UserWarning, match="ran out of pairs") as train_warning:
+        BPETokenizer.train("abcabc abc", 1000)
+    with pytest.warns(UserWarning, match="ran out of pairs") as chunks_warning:
+        BPETokenizer.train_from_chunks({"abc": 2}, 1000)
+    assert [w.filename for w in [*train_warning, *chunks_warning]] == [__file__, __file__]
+
+
 def test_training_text_with_lone_surrogates():
     tok = BPETokenizer.train("ab\ud800ab ab", 260)
     assert tok.token_bytes(256) == b"ab"
