@@ -92,7 +92,7 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
-# chapters/05_training.md, code cell 9
+# chapters/05_training.md, code cell 8
 def lr_at(
     step: int, learning_rate: float, min_lr: float, warmup_iters: int, decay_iters: int, progress: float | None = None
 ) -> float:
@@ -109,7 +109,7 @@ def lr_at(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-# chapters/05_training.md, code cell 14
+# chapters/05_training.md, code cell 13
 @dataclass
 class TrainConfig:
     """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
@@ -187,7 +187,7 @@ class TrainConfig:
         )  # fmt: skip
 
 
-# chapters/05_training.md, code cell 15
+# chapters/05_training.md, code cell 14
 _TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
 DEFAULT_PRESET = "shakespeare_char"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -204,7 +204,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# chapters/05_training.md, code cell 17
+# chapters/05_training.md, code cell 16
 def train(
     config: TrainConfig,
     overwrite: bool = False,
@@ -255,7 +255,7 @@ def train(
     return run_result(run, stopped)
 
 
-# chapters/05_training.md, code cell 18
+# chapters/05_training.md, code cell 17
 def elapsed(run: Run) -> float:
     """Seconds of training in this run so far, earlier invocations of a resumed run included."""
     return run.elapsed_before + time.perf_counter() - run.start
