@@ -217,7 +217,7 @@ def train(
     `config.init_from == "resume"` continues the run in `out_dir` exactly; otherwise a folder that already
     holds a run is refused unless `overwrite`. `callback(row)` is called with every metrics row (on the
     first process). `progress` shows a progress bar on stderr, with a line per evaluation (default: on a
-    terminal or in a notebook). `reuse_memory=True` calls `keep_freed_memory()` on a CPU first: a change
+    terminal or in a notebook). `reuse_memory=True` first makes the C allocator keep freed memory on a CPU: a change
     to the whole process's allocator, so it is off unless asked for (the `nanogpt train` command asks).
     Under `torchrun` every process calls this; the batches are split between them and only rank 0 writes.
     Ctrl-C stops after the current step and saves; a NaN or infinite loss raises TrainingDiverged.
@@ -841,7 +841,7 @@ def finished(config: TrainConfig) -> bool:
     """
     try:
         state = read_state(_last_checkpoint(Path(config.out_dir)))
-    except CheckpointError:
+    except (CheckpointError, OSError):  # no run, or one being rewritten under our eyes
         return False
     same = state.get("train_config") == asdict(config)
     return same and (config.time_budget is not None or state.get("step", 0) >= config.max_iters)
