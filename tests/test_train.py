@@ -568,3 +568,113 @@ def test_command_shows_progress_unless_quiet(data_dir, tmp_path):
                            timeout=120)  # fmt: skip
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert "step 6 (max iters)" in quiet.stdout
+
+
+# --- one run shared by two chapters (appendix A3): prepare once, wait for the folder, load or train --------------
+
+HOLD_LOCK = (
+    "import sys; from pathlib import Path; from nanogpt_lib.checkpoint import lock_out_dir; "
+    "lock_out_dir(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.readline()"
+)
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding the run folder `out`, as a second trainer would, until a line is written to it."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=60) == 0
+
+
+def test_load_or_train_trains_a_missing_run_once_then_loads_it(data_dir: Path, tmp_path: Path):
+    cfg = config(data_dir, tmp_path / "run", max_iters=4, eval_interval=2)
+    assert not T.finished(cfg)
+    model, tok, info, trained = T.load_or_train(cfg, timeout=120, poll=0.05)
+    assert trained and info["step"] == 4 and T.finished(cfg) and not model.training
+    again, _, info_again, trained_again = T.load_or_train(cfg, timeout=120, poll=0.05)
+    assert not trained_again and info_again["path"] == info["path"]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True))
+    assert tok.decode(tok.encode("the")) == "the"
+    longer = config(data_dir, tmp_path / "run", max_iters=6, eval_interval=2)  # another run in the same folder
+    assert not T.finished(longer)
+    _, _, info_longer, trained_longer = T.load_or_train(longer, timeout=120, poll=0.05)
+    assert trained_longer and info_longer["step"] == 6 and not T.finished(cfg)
+    assert not (tmp_path / "run" / ".nanogpt.lock").exists()
+
+
+def test_a_run_cut_short_is_not_finished(data_dir: Path, tmp_path: Path):
+    cfg = config(data_dir, tmp_path / "run", max_iters=4, eval_interval=2)
+
+    def interrupt_at_2(row):
+        if row["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert T.train(cfg, callback=interrupt_at_2).stopped == "interrupted"
+    assert not T.finished(cfg)
+
+
+def test_load_or_train_waits_while_another_process_holds_the_folder(data_dir: Path, tmp_path: Path):
+    import threading
+
+    cfg = config(data_dir, tmp_path / "run", max_iters=2, eval_interval=2)
+    T.load_or_train(cfg, timeout=120, poll=0.05)
+    holder = hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(RuntimeError, match="in use by another trainer"):
+            T.load_or_train(cfg, timeout=0, poll=0.01)  # no time to wait: the refusal comes through
+        with pytest.raises(RuntimeError, match="in use by another trainer"):
+            T.train_when_free(cfg, timeout=0, poll=0.01, overwrite=True)
+        results: list = []
+        reader = threading.Thread(target=lambda: results.append(T.load_or_train(cfg, timeout=120, poll=0.02)))
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not results, "it must wait while the folder is held"
+    finally:
+        release(holder)
+    reader.join(timeout=120)
+    assert len(results) == 1 and results[0][3] is False and results[0][2]["step"] == 2
+
+
+def test_train_when_free_raises_other_errors_at_once(tmp_path: Path):
+    cfg = config(tmp_path / "no_data", tmp_path / "run", max_iters=2)
+    with pytest.raises(FileNotFoundError, match="no prepared dataset"):
+        T.train_when_free(cfg, timeout=3600, poll=0.01)
+
+
+def test_prepare_chars_once_writes_a_whole_dataset_once(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(T, "load_text", lambda: "To be, or not to be: that is the question.\n" * 50)
+    folder = tmp_path / "build" / "data"
+    data = T.prepare_chars_once(folder)
+    assert data.vocab_size == len(set("To be, or not to be: that is the question.\n"))
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    monkeypatch.setattr(T, "load_text", lambda: pytest.fail("a prepared dataset must not be prepared again"))
+    assert T.prepare_chars_once(folder).meta == data.meta and (folder / "meta.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["data"], "no temporary folder is left behind"
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "train.bin").write_bytes(b"\0\0")
+    monkeypatch.setattr(T, "load_text", lambda: "abc" * 100)
+    with pytest.raises(FileExistsError, match="no prepared dataset .* delete it"):
+        T.prepare_chars_once(tmp_path / "half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "half"]
+
+
+def test_prepare_chars_once_accepts_the_copy_of_a_process_that_was_first(tmp_path: Path, monkeypatch):
+    """Two processes prepare at once: the second rename fails, and the first process's dataset is used."""
+    monkeypatch.setattr(T, "load_text", lambda: "abcabc\n" * 100)
+    folder = tmp_path / "data"
+    real = T.prepare_char_dataset
+
+    def other_process_first(text, out):
+        real(text, folder)  # the other process renames its complete copy into place first
+        return real(text, out)
+
+    monkeypatch.setattr(T, "prepare_char_dataset", other_process_first)
+    assert T.prepare_chars_once(folder).vocab_size == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -6,7 +6,11 @@ first lines of a code cell; anything else that starts with ``#|`` is an error na
 the code cell. This tool writes ``nanogpt_lib/<module>.py`` from the exported cells, in order, under a
 header naming the chapter, each cell under a comment ``# chapters/<chapter>.md, code cell <n>``: n
 counts the chapter's code cells from 1, skipping prose, so the n-th code cell a reader meets in the
-notebook. ``--check`` writes nothing: it exits 1 and names every module that is stale, missing, or left
+notebook. Several chapters may name the same module (a chapter and the appendix that holds its
+machinery): the module then holds their exported cells in book order (files sorted by name, so
+``00``..``09`` before ``A1``..``A9``), its header names every chapter, its docstring is the first
+chapter's title, and a name defined at top level in two of the chapters is an error naming both cells.
+``--check`` writes nothing: it exits 1 and names every module that is stale, missing, or left
 over from a chapter that no longer exists. Only ``.md`` chapters are read; ``.ipynb`` files (build
 copies, a reader's pairing) are ignored.
 
@@ -177,35 +181,88 @@ def public_names(code: str) -> list[str]:
     return seen
 
 
-def render(module: Module, root: Path = ROOT) -> str:
-    """The text of `nanogpt_lib/<module>.py` for a chapter."""
-    rel = module.chapter.resolve().relative_to(root.resolve()).as_posix()
-    parts = [f"# {rel}, code cell {c.number}\n{c.code}" for c in module.cells]
+def _rel(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _defined_names(code: str) -> set[str]:
+    """Names a cell binds at top level by `def`, `class` or assignment (imports and dunders aside)."""
+    names: set[str] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(n for t in node.targets for n in _bound_names(t))
+        elif isinstance(node, ast.AnnAssign):
+            names.update(_bound_names(node.target))
+    return {n for n in names if not (n.startswith("__") and n.endswith("__"))}
+
+
+def _imported_names(code: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+    return names
+
+
+def _check_no_redefinition(modules: list[Module], root: Path) -> None:
+    """Refuse a name defined in one chapter of a module and defined or imported in another: the later binding
+    would silently replace the earlier one in the assembled module. (Importing a name in both is fine.)"""
+
+    def bindings(module: Module) -> tuple[dict[str, Cell], dict[str, Cell]]:
+        defined: dict[str, Cell] = {}
+        imported: dict[str, Cell] = {}
+        for cell in module.cells:
+            for name in _defined_names(cell.code):
+                defined.setdefault(name, cell)
+            for name in _imported_names(cell.code):
+                imported.setdefault(name, cell)
+        return defined, imported
+
+    found = [(m, *bindings(m)) for m in modules]
+    for i, (first, def1, imp1) in enumerate(found):
+        for second, def2, imp2 in found[i + 1 :]:
+            clashes = sorted((set(def1) & (set(def2) | set(imp2))) | (set(imp1) & set(def2)))
+            if clashes:
+                name = clashes[0]
+                cell1, cell2 = def1.get(name) or imp1[name], def2.get(name) or imp2[name]
+                raise ExportError(
+                    f"nanogpt_lib/{first.name}.py: `{name}` is bound in {_rel(first.chapter, root)}, code cell "
+                    f"{cell1.number} and again in {_rel(second.chapter, root)}, code cell {cell2.number}; the "
+                    "chapters of one module must not redefine each other's names: rename or remove one"
+                )
+
+
+def render(modules: Module | list[Module], root: Path = ROOT) -> str:
+    """The text of `nanogpt_lib/<module>.py` for the chapters (in book order) that export it."""
+    modules = [modules] if isinstance(modules, Module) else modules
+    parts = [f"# {_rel(m.chapter, root)}, code cell {c.number}\n{c.code}" for m in modules for c in m.cells]
     body = "\n\n\n".join(parts).replace("from __future__ import annotations\n", "")
-    doc = module.title or module.name
+    doc = modules[0].title or modules[0].name
     header = (
-        f"{GENERATED_MARK}{rel} by tools/export_chapters.py.\n"
+        f"{GENERATED_MARK}{', '.join(_rel(m.chapter, root) for m in modules)} by tools/export_chapters.py.\n"
+        "# Edit the chapters, not this file: run `python tools/export_chapters.py` to regenerate.\n"
+        if len(modules) > 1
+        else f"{GENERATED_MARK}{_rel(modules[0].chapter, root)} by tools/export_chapters.py.\n"
         "# Edit the chapter, not this file: run `python tools/export_chapters.py` to regenerate.\n"
-        f'"""{doc}"""\n\n'
-        "from __future__ import annotations\n\n"
     )
+    header += f'"""{doc}"""\n\nfrom __future__ import annotations\n\n'
     all_ = "__all__ = [\n" + "".join(f'    "{n}",\n' for n in public_names(body)) + "]\n\n\n"
     return header + all_ + body + "\n"
 
 
 def build(root: Path = ROOT) -> dict[str, str]:
     """Map of file name (e.g. `model.py`) to the text the chapters generate for it."""
-    out: dict[str, str] = {}
-    owner: dict[str, Path] = {}
-    for path in sorted((root / "chapters").glob("*.md")):
+    groups: dict[str, list[Module]] = {}
+    for path in sorted((root / "chapters").glob("*.md")):  # book order: 00..09, then A1..A9
         module = read_chapter(path, root)
-        if module is None:
-            continue
-        fname = module.name + ".py"
-        if fname in owner:
-            raise ExportError(f"{path.name} and {owner[fname].name} both export nanogpt_lib/{fname}")
-        owner[fname] = path
-        out[fname] = render(module, root)
+        if module is not None:
+            groups.setdefault(module.name + ".py", []).append(module)
+    out: dict[str, str] = {}
+    for fname, modules in groups.items():
+        _check_no_redefinition(modules, root)
+        out[fname] = render(modules, root)
     return out
 
 
