@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 
-# chapters/09_modern.md, code cell 4
+# chapters/09_modern.md, code cell 5
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,7 +62,7 @@ class Rotary(nn.Module):
         return apply_rotary(x, cos, sin)
 
 
-# chapters/09_modern.md, code cell 5
+# chapters/09_modern.md, code cell 10
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation with a learned gain (no mean subtracted, no bias): x / rms(x) · weight."""
 
@@ -75,7 +75,7 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), self.eps)
 
 
-# chapters/09_modern.md, code cell 6
+# chapters/09_modern.md, code cell 15
 class ReLU2MLP(nn.Module):
     """The MLP with ReLU² (Primer) instead of GELU: widen 4x, relu(x)², project back."""
 
@@ -113,7 +113,7 @@ class SwiGLUMLP(nn.Module):
         return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
-# chapters/09_modern.md, code cell 7
+# chapters/09_modern.md, code cell 18
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """Squash logits smoothly into (-cap, cap): cap · tanh(logits / cap), close to the identity for |logits| << cap."""
     return cap * torch.tanh(logits / cap)
