@@ -628,8 +628,11 @@ def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict
 
 def _check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_spec: Any, folder: Path) -> None:
     """Refuse to resume the run in `folder` with another model or tokenizer (and release its lock)."""
-    saved = state.get("model_config", {})
-    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in model_config.to_dict().items() if saved.get(k) != v]
+    saved, new = state.get("model_config", {}), model_config.to_dict()  # both leave out options at their defaults
+    # an option set on one side only counts too (a rotary model resumed without it); GPT-2's gelu_approx comes
+    # with its weights (chapter 8), not from the command line
+    keys = dict.fromkeys([*new, *(k for k in saved if k != "gelu_approx")])
+    changed = [f"{k}: {saved.get(k, 'default')} -> {new.get(k, 'default')}" for k in keys if saved.get(k) != new.get(k)]
     problem = f"the model differs from the checkpoint's ({', '.join(changed)})" if changed else None
     if state.get("tokenizer") != tokenizer_spec:
         problem = problem or "it was trained on a dataset with a different tokenizer"

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 __all__ = [
     "GPTConfig",
+    "MODERN_OPTIONS",
+    "OPTIONAL_FIELDS",
+    "check_modern_options",
     "MLP",
+    "make_norm",
+    "make_mlp",
     "Block",
+    "init_weights",
+    "build_transformer",
+    "check_input",
     "GPT",
 ]
 
@@ -24,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanogpt_lib.attention import CausalSelfAttention, KVCacheProtocol
+from nanogpt_lib.modern import ReLU2MLP, RMSNorm, Rotary, SwiGLUMLP, softcap
 
 
 @dataclass
@@ -32,6 +41,7 @@ class GPTConfig:
 
     `gelu_approx` is PyTorch's `approximate` argument of GELU: "none" (exact, the default) or "tanh"
     (GPT-2's own form, which its released weights were trained with; chapter 8 loads them).
+    The fields from `rope` on are chapter 9's options (see `check_modern_options`), each off by default.
     """
 
     vocab_size: int
@@ -42,6 +52,14 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     gelu_approx: str = "none"
+    rope: bool = False  # rotary position embeddings instead of the learned table `wpe`
+    rope_base: float = 10000.0  # the rotary angles' base
+    norm: str = "layernorm"  # or "rmsnorm"
+    mlp: str = "gelu"  # or "relu2", "swiglu"
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys
+    tie_embeddings: bool = True  # False: the LM head is a matrix of its own
+    zero_init_proj: bool = False  # the output projections (and an untied head) start at zero
+    logit_softcap: float | None = None  # logits squashed to (-cap, cap)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -63,6 +81,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
         if self.gelu_approx not in ("none", "tanh"):
             raise ValueError(f"GPTConfig.gelu_approx must be 'none' (exact GELU) or 'tanh', got {self.gelu_approx!r}")
+        check_modern_options(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -77,14 +96,41 @@ class GPTConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict; `gelu_approx` only when it is not the default, as checkpoints from before it had."""
-        d = asdict(self)
-        if d["gelu_approx"] == "none":
-            del d["gelu_approx"]
-        return d
+        """The fields as a dict, the optional ones (`OPTIONAL_FIELDS`) only when they are not at their defaults."""
+        default = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL_FIELDS or v != default[k]}
 
 
-# chapters/04_gpt.md, code cell 12
+# chapters/04_gpt.md, code cell 10
+MODERN_OPTIONS = ("rope", "rope_base", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init_proj", "logit_softcap")
+OPTIONAL_FIELDS = ("gelu_approx", *MODERN_OPTIONS)  # left out of to_dict() at their defaults
+
+
+def check_modern_options(c: GPTConfig) -> None:
+    """Raise ValueError, saying what is allowed, when one of chapter 9's options is out of range."""
+    for name in ("rope", "qk_norm", "tie_embeddings", "zero_init_proj"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(c, name)!r}")
+    if c.norm not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"GPTConfig.norm must be 'layernorm' or 'rmsnorm', got {c.norm!r}")
+    if c.mlp not in ("gelu", "relu2", "swiglu"):
+        raise ValueError(f"GPTConfig.mlp must be 'gelu', 'relu2' or 'swiglu', got {c.mlp!r}")
+    if isinstance(c.rope_base, bool) or not isinstance(c.rope_base, Real) or not 1 < c.rope_base < math.inf:
+        raise ValueError(f"GPTConfig.rope_base must be a finite number above 1, got {c.rope_base!r}")
+    c.rope_base = float(c.rope_base)
+    if c.rope and (c.n_embd // c.n_head) % 2:
+        raise ValueError(
+            f"GPTConfig.rope turns pairs of numbers in each head, so the head size n_embd // n_head must be even, "
+            f"got {c.n_embd} // {c.n_head} = {c.n_embd // c.n_head}"
+        )
+    cap = c.logit_softcap
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, Real) or not 0 < cap < math.inf):
+        raise ValueError(f"GPTConfig.logit_softcap must be a positive number or None (no cap), got {cap!r}")
+    if cap is not None:
+        c.logit_softcap = float(cap)
+
+
+# chapters/04_gpt.md, code cell 13
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -99,15 +145,29 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The normalisation layer `config` asks for: LayerNorm (GPT-2) or RMSNorm (chapter 9)."""
+    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    """The MLP `config` asks for: GELU's (GPT-2), or ReLU²'s or SwiGLU's (chapter 9)."""
+    if config.mlp == "gelu":
+        return MLP(config)
+    return (ReLU2MLP if config.mlp == "relu2" else SwiGLUMLP)(config.n_embd, config.bias, config.dropout)
+
+
 class Block(nn.Module):
     """A pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        c = config
+        rotary = Rotary(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.rope else None
+        self.ln_1 = make_norm(c)
+        self.attn = CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, rotary=rotary, qk_norm=c.qk_norm)
+        self.ln_2 = make_norm(c)
+        self.mlp = make_mlp(c)
 
     def forward(
         self, x: torch.Tensor, layer: int = 0, cache: KVCacheProtocol | None = None, return_weights: bool = False
@@ -120,21 +180,61 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
-# chapters/04_gpt.md, code cell 13
+# chapters/04_gpt.md, code cell 14
+def init_weights(model: nn.Module, config: GPTConfig) -> None:
+    """GPT-2's initialisation: weights normal(0, 0.02), biases zero, the residual projections `c_proj` with std
+    0.02/√(2·n_layer). With chapter 9's `zero_init_proj`, those projections and an untied head start at zero."""
+
+    def normal(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    model.apply(normal)
+    # GPT-2: each block adds two projections to the residual stream; scale them so its variance stays put
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if config.zero_init_proj:
+                nn.init.zeros_(p)
+    if config.zero_init_proj and not config.tie_embeddings:
+        nn.init.zeros_(model.lm_head.weight)
+
+
+def build_transformer(config: GPTConfig) -> nn.ModuleDict:
+    """The GPT's layers: token and (unless rotary, chapter 9) position embeddings, dropout, the blocks, a last norm."""
+    parts = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+    if not config.rope:  # rotary embeddings turn q and k inside attention instead
+        parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+    blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+    return nn.ModuleDict(dict(**parts, drop=nn.Dropout(config.dropout), h=blocks, ln_f=make_norm(config)))
+
+
+def check_input(idx: torch.Tensor, start: int, block_size: int) -> None:
+    """Refuse token ids that are not (B, T), or `start` cached + T new positions past the context."""
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+    T = idx.size(1)
+    if start + T > block_size:
+        where = f"{start} cached + {T} new = {start + T} positions" if start else f"a sequence of {T} tokens"
+        raise ValueError(
+            f"{where} is longer than the model's block_size {block_size}; crop the input to its last "
+            f"{block_size - start} tokens"
+        )
+
+
+# chapters/04_gpt.md, code cell 15
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
 
     `forward(idx, targets=None, cache=None, all_logits=False)` returns `(logits, loss)`. With `targets` (B, T)
-    the logits are (B, T, vocab_size), every position's, and the loss their mean cross-entropy (target -1
-    is ignored). Without targets (inference) only the last position's logits are computed, (B, 1, vocab_size),
-    and the loss is None: the next token needs nothing more, and the head is the largest matrix product
-    with a 50,257-token vocabulary. `all_logits=True` asks for every position's logits anyway (to score a
-    text, to compare with a full pass); `lm_head(forward_hidden(idx))` is the same thing spelt out.
-
-    KV cache (chapter 06): `cache` is any object with `pos` (positions already cached) and
-    `update(layer, k, v)` (see `nanogpt_lib.attention.KVCacheProtocol`). The model reads `cache.pos`
-    to place the new tokens, and each layer calls `cache.update` once; the model never changes
-    `cache.pos`: the caller adds T to it after each forward.
+    the logits are (B, T, vocab_size) and the loss their mean cross-entropy (target -1 is ignored). Without
+    targets only the last position's logits are computed, (B, 1, vocab_size), and the loss is None: the next
+    token needs nothing more. `all_logits=True` asks for every position's logits anyway (as does
+    `lm_head(forward_hidden(idx))`). KV cache (chapter 06): `cache` (see `nanogpt_lib.attention.KVCacheProtocol`)
+    places the new tokens at `cache.pos`, each layer calls `cache.update` once, and the caller, never the model,
+    adds T to `cache.pos` after each forward. Chapter 9's options are `GPTConfig` fields.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -142,29 +242,11 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}; use GPTConfig.from_dict for a dict")
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        self.transformer = build_transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
-        self.apply(self._init_weights)
-        # GPT-2: each block adds two projections to the residual stream; scale them so its variance stays put
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        init_weights(self, config)
 
     def num_params(self) -> int:
         """Number of parameters; the tied embedding/LM-head matrix counts once."""
@@ -172,25 +254,17 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N for the weights + 12·n_layer·n_embd·T for attention.
-
-        N leaves out the position embeddings (a lookup, not a matmul); T defaults to block_size.
-        """
-        c = self.config
-        n = self.num_params() - self.transformer.wpe.weight.numel()
-        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+        N leaves out the lookup tables (positions; tokens when the head is untied); T defaults to block_size."""
+        c, tr = self.config, self.transformer
+        lookups = (0 if c.rope else tr.wpe.weight.numel()) + (0 if c.tie_embeddings else tr.wte.weight.numel())
+        return 6 * (self.num_params() - lookups) + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
-        T = idx.size(1)
-        if start + T > self.config.block_size:
-            where = f"{start} cached + {T} new = {start + T} positions" if start else f"a sequence of {T} tokens"
-            raise ValueError(
-                f"{where} is longer than the model's block_size {self.config.block_size}; "
-                f"crop the input to its last {self.config.block_size - start} tokens"
-            )
-        pos = torch.arange(start, start + T, device=idx.device)
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        check_input(idx, start, self.config.block_size)
+        x = self.transformer.wte(idx)
+        if not self.config.rope:
+            x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
+        return self.transformer.drop(x)
 
     def forward_hidden(self, idx: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """The final hidden states (B, T, n_embd), after the last LayerNorm: what the LM head reads."""
@@ -200,16 +274,15 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: KVCacheProtocol | None = None,
-        all_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+        cache: KVCacheProtocol | None = None, all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         x = self.forward_hidden(idx, cache)
         if targets is None and not all_logits:
             x = x[:, [-1], :]  # inference: only the next token's logits (the list index keeps the time axis)
         logits = self.lm_head(x)
+        if self.config.logit_softcap is not None:
+            logits = softcap(logits, self.config.logit_softcap)
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:

@@ -5,7 +5,115 @@
 from __future__ import annotations
 
 __all__ = [
+    "rotary_tables",
+    "apply_rotary",
+    "Rotary",
+    "RMSNorm",
+    "ReLU2MLP",
+    "swiglu_hidden",
+    "SwiGLUMLP",
+    "softcap",
 ]
 
 
+# chapters/09_modern.md, code cell 5
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+
+def rotary_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (length, head_dim // 2): position t, pair i turns by t·base^(-2i/d)."""
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"rotary embeddings turn pairs of numbers: head_dim must be even, got {head_dim}")
+    freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (head_dim // 2,)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * freq  # (length, head_dim // 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, head_dim) by the angles of its T positions: pair i is (x[i], x[i + head_dim // 2]).
+
+    cos and sin are (T, head_dim // 2), from `rotary_tables`. Pairing the first half with the second half
+    (rather than neighbours) is a fixed reordering of the dimensions, so it computes the same dot products.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding for queries or keys (B, n_head, T, head_dim) at positions start..start+T-1.
+
+    The cos/sin tables for `max_len` positions are buffers that are not saved in checkpoints (they are
+    recomputed from head_dim, max_len and base).
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        cos, sin = rotary_tables(head_dim, max_len, base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        T = x.size(-2)
+        if start + T > self.cos.size(0):
+            raise ValueError(f"positions {start}..{start + T - 1} are past the rotary table's {self.cos.size(0)}")
+        cos, sin = (t[start : start + T].to(x.dtype) for t in (self.cos, self.sin))
+        return apply_rotary(x, cos, sin)
+
+
+# chapters/09_modern.md, code cell 10
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation with a learned gain (no mean subtracted, no bias): x / rms(x) · weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), self.eps)
+
+
+# chapters/09_modern.md, code cell 15
+class ReLU2MLP(nn.Module):
+    """The MLP with ReLU² (Primer) instead of GELU: widen 4x, relu(x)², project back."""
+
+    def __init__(self, n_embd: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))
+
+
+def swiglu_hidden(n_embd: int, multiple: int = 8) -> int:
+    """SwiGLU's hidden width: 8/3·n_embd (three matrices then hold as many weights as GELU's two of 4x),
+    rounded to the nearest multiple of `multiple` (at least one multiple)."""
+    return max(multiple, multiple * round(8 * n_embd / 3 / multiple))
+
+
+class SwiGLUMLP(nn.Module):
+    """The gated MLP of Shazeer (2020): (silu(x W_gate) * x W_up) W_down, at GELU's parameter count.
+
+    `c_fc` holds W_gate and W_up side by side (one matrix product for both), `c_proj` is W_down.
+    """
+
+    def __init__(self, n_embd: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.hidden = swiglu_hidden(n_embd)
+        self.c_fc = nn.Linear(n_embd, 2 * self.hidden, bias=bias)
+        self.c_proj = nn.Linear(self.hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).split(self.hidden, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+# chapters/09_modern.md, code cell 18
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """Squash logits smoothly into (-cap, cap): cap · tanh(logits / cap), close to the identity for |logits| << cap."""
+    return cap * torch.tanh(logits / cap)

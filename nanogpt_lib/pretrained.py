@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.model import GPT, MODERN_OPTIONS, GPTConfig
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_DIR_ENV = "NANOGPT_GPT2_DIR"  # a local folder with GPT-2's files (or with one folder per name)
@@ -214,7 +214,13 @@ def crop_block_size(model: GPT, block_size: int) -> None:
 
 # chapters/08_gpt2.md, code cell 9
 def hf_config_for(config: GPTConfig) -> dict[str, Any]:
-    """A Hugging Face GPT-2 `config.json` for our `config`."""
+    """A Hugging Face GPT-2 `config.json` for our `config`; refuses chapter 9's options, which GPT-2 lacks."""
+    modern = {k: v for k, v in config.to_dict().items() if k in MODERN_OPTIONS}
+    if modern:
+        raise PretrainedError(
+            f"GPT-2's format cannot represent {', '.join(f'{k}={v!r}' for k, v in modern.items())} (chapter 9's "
+            "options); only a model with those options at their defaults can be exported as GPT-2"
+        )
     special = {"bos_token_id": 50256, "eos_token_id": 50256} if config.vocab_size > 50256 else {}
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
@@ -230,6 +236,7 @@ def hf_config_for(config: GPTConfig) -> dict[str, Any]:
 
 def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_spec: dict | None = None) -> Path:
     """Write `model` as a Hugging Face GPT-2 folder: `model.safetensors` and `config.json` (and our tokenizer)."""
+    config_json = json.dumps(hf_config_for(model.config), indent=2) + "\n"  # first: it refuses what GPT-2 lacks
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -241,7 +248,7 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_spec: dict | Non
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None and name != "lm_head":
                 tensors[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
-    files = {"model.safetensors": None, "config.json": json.dumps(hf_config_for(model.config), indent=2) + "\n"}
+    files = {"model.safetensors": None, "config.json": config_json}
     if tokenizer_spec is not None:
         files["nanogpt_tokenizer.json"] = json.dumps(tokenizer_spec) + "\n"
     for name, text in files.items():  # each file written whole, then renamed into place

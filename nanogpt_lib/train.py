@@ -124,6 +124,14 @@ class TrainConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = False
+    rope: bool = False  # chapter 9's model options (GPTConfig's), each off by default
+    rope_base: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None
     # optimization
     batch_size: int = 32
     gradient_accumulation_steps: int = 1
@@ -184,6 +192,8 @@ class TrainConfig:
         return GPTConfig(
             vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
             n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+            rope=self.rope, rope_base=self.rope_base, norm=self.norm, mlp=self.mlp, qk_norm=self.qk_norm,
+            tie_embeddings=self.tie_embeddings, zero_init_proj=self.zero_init_proj, logit_softcap=self.logit_softcap,
         )  # fmt: skip
 
 

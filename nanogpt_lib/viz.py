@@ -87,7 +87,9 @@ def residual_stream(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> list
     idx = _batch(model, idx)
     tr = model.transformer
     with evaluating(model):
-        x = tr.wte(idx) + tr.wpe(torch.arange(idx.size(1), device=idx.device))
+        x = tr.wte(idx)
+        if "wpe" in tr:  # a rotary model (chapter 9) has no position table
+            x = x + tr.wpe(torch.arange(idx.size(1), device=idx.device))
         states = [x]
         for block in tr.h:
             x = block(x)
@@ -100,6 +102,10 @@ def head_weights(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, T, C = x.shape
     q, k, _ = attn.c_attn(x).split(C, dim=2)
     q, k = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k))
+    if attn.q_norm is not None:  # chapter 9's QK-norm and rotary positions, when the model has them
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.rotary is not None:
+        q, k = attn.rotary(q), attn.rotary(k)
     scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
     return scores.masked_fill(~causal_mask(T, T, x.device), float("-inf")).softmax(dim=-1)
 
