@@ -78,6 +78,7 @@ EXPLORER_PAGE = "/chapters/07_inside.md"
 
 
 def page_data(site: Path, location: str) -> dict:
+    """The built JSON of the page at `location` (such as "/chapters/07_inside.md"): frontmatter, mdast, ..."""
     for file in (site / "content").glob("*.json"):
         data = json.loads(file.read_text())
         if data.get("location") == location:
@@ -125,11 +126,13 @@ def download_problems(site: Path, awaiting: frozenset[str] = AWAITING_DOWNLOADS)
     A chapter in `awaiting` may offer no notebook yet, but never another chapter's.
     """
     problems = []
-    for location, _ in _pages(site):
+    for file in sorted((site / "content").glob("*.json")):
+        data = json.loads(file.read_text())
+        location = data.get("location", "")
         if not location.startswith("/chapters/"):
             continue
         stem = Path(location).stem
-        downloads = page_data(site, location).get("frontmatter", {}).get("downloads", [])
+        downloads = data.get("frontmatter", {}).get("downloads", [])
         names = [Path(d.get("filename") or d.get("url", "")).name for d in downloads]
         own = any(n == f"{stem}.ipynb" for n in names) or (stem in awaiting and not downloads)
         if not own or any(n.endswith(".ipynb") and n != f"{stem}.ipynb" for n in names):
