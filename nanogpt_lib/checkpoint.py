@@ -385,7 +385,7 @@ def _last_checkpoint(out: Path) -> Path:
     return folder
 
 
-# chapters/A2_checkpoints.md, code cell 15
+# chapters/A2_checkpoints.md, code cell 16
 def _model_config(state: dict[str, Any], path: Path) -> GPTConfig:
     """The GPTConfig a `state.json` declares, refused before anything is built if its sizes are absurd."""
     declared = state["model_config"]
@@ -421,7 +421,7 @@ def _check_header(model: nn.Module, file: Path) -> None:
         )
 
 
-# chapters/A2_checkpoints.md, code cell 16
+# chapters/A2_checkpoints.md, code cell 17
 def _load_weights(model: nn.Module, file: Path) -> None:
     _check_header(model, file)
     try:
@@ -478,7 +478,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
     return model, tokenizer, info
 
 
-# chapters/A2_checkpoints.md, code cell 18
+# chapters/A2_checkpoints.md, code cell 19
 LOCK_FILE = ".nanogpt.lock"
 _held: dict[str, int] = {}  # the output folders this process has locked, and the lock files' descriptors
 
@@ -534,7 +534,7 @@ def unlock_out_dir(out: Path) -> None:
         os.close(fd)
 
 
-# chapters/A2_checkpoints.md, code cell 19
+# chapters/A2_checkpoints.md, code cell 20
 RUN_FILES = ("last", "best", "metrics.jsonl", "last.old", "best.old", "last.tmp", "best.tmp", "metrics.jsonl.tmp")
 MANIFEST = "nanogpt_run.json"
 
@@ -590,7 +590,7 @@ def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-# chapters/A2_checkpoints.md, code cell 20
+# chapters/A2_checkpoints.md, code cell 21
 def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict[str, Any] | None:
     """Check and lock the output folder before anything is written; returns the state to resume from, if any.
 
@@ -643,7 +643,7 @@ def _check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_s
         )
 
 
-# chapters/A2_checkpoints.md, code cell 21
+# chapters/A2_checkpoints.md, code cell 22
 def _metrics_line(row: dict[str, Any]) -> str:
     """One line of `metrics.jsonl`: strict JSON, with a NaN or infinite number written as null."""
     return json.dumps(_finite(row), allow_nan=False) + "\n"

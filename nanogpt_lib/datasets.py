@@ -265,7 +265,7 @@ def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress
                     break
 
 
-# chapters/A1_data_engineering.md, code cell 11
+# chapters/A1_data_engineering.md, code cell 12
 _SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")  # searched from the end: the last safe point
 
 
@@ -284,7 +284,7 @@ def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
         yield carry
 
 
-# chapters/A1_data_engineering.md, code cell 13
+# chapters/A1_data_engineering.md, code cell 14
 def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
     """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
     digest, count = hashlib.sha256(), 0

@@ -346,3 +346,93 @@ def test_static_renderer_shim_without_a_notebook(browser, tmp_path):
         exercise_explorer(page, root, "shim")
         page.close()
     assert errors == []
+
+
+# ---------------------------------------------------------------- the site's {anywidget} node
+
+# What a MyST theme does with an `anywidget` node, reduced to anywidget's front-end contract: import the node's
+# ES module, load its CSS, and call the module's `initialize` and `render` with a model that holds the node's
+# JSON. MyST's book theme is downloaded at build time and cannot run here; this host stands in for it.
+SITE_HOST = """<!doctype html><html><head><meta charset='utf-8'></head><body><div id='host'></div>
+<script type='application/json' id='node'>NODE</script>
+<script type='module'>
+const node = JSON.parse(document.getElementById('node').textContent);
+const values = structuredClone(node.model), handlers = {};
+const model = {
+  get: (k) => values[k],
+  set: (k, v) => { values[k] = v; (handlers['change:' + k] || []).forEach((f) => f()); },
+  save_changes: () => {}, send: () => {},
+  on: (e, f) => { (handlers[e] = handlers[e] || []).push(f); },
+  off: (e, f) => { handlers[e] = (handlers[e] || []).filter((g) => f && g !== f); },
+};
+const css = document.createElement('link');
+Object.assign(css, { rel: 'stylesheet', href: node.css });
+document.head.appendChild(css);
+const mod = await import(node.esm);
+const widget = mod.default ?? mod;
+if (widget.initialize) await widget.initialize({ model });
+await widget.render({ model, el: document.getElementById('host') });
+document.body.dataset.rendered = 'yes';
+</script></body></html>"""
+
+
+def test_explorer_node_of_the_built_site_renders(browser, tmp_path):
+    """Chapter 7's {anywidget} node as MyST builds it (tools/explorer_page.py, then `myst build --site`): its
+    module, CSS and data, served from the built site, render an explorer that responds to the reader."""
+    import json
+    import shutil as sh
+
+    import torch
+
+    from nanogpt_lib.checkpoint import save_checkpoint
+    from nanogpt_lib.data import CharTokenizer
+    from nanogpt_lib.model import GPT, GPTConfig
+    from nanogpt_lib.viz import STATIC
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from explorer_page import chapter_prompt, write_explorer_page
+
+    root = tmp_path / "book"
+    (root / "chapters").mkdir(parents=True)
+    sh.copy(CHAPTER, root / "chapters")
+    sh.copytree(STATIC, root / "nanogpt_lib" / "static")
+    prompt = chapter_prompt(CHAPTER)
+    tok = CharTokenizer.from_text(prompt)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=3, n_embd=24)
+    for folder, step, scale in (("run/last", 500, 30.0), ("early", 50, 1.0)):
+        model = GPT(config)
+        with torch.no_grad():  # sharper patterns than a fresh model's near-uniform ones
+            for block in model.transformer.h:
+                block.attn.c_attn.weight.mul_(scale)
+        state = {"step": step, "model_config": config.to_dict(), "tokenizer": tok.to_dict()}
+        save_checkpoint(root / "build" / "07_inside" / folder, model, torch.optim.AdamW(model.parameters()), state)
+    write_explorer_page(root)
+    (root / "myst.yml").write_text(f"version: 1\nproject:\n  title: t\n  toc:\n    - file: chapters/page.md\n"
+                                   f"site:\n  template: {ROOT / '.ci' / 'site-template'}\n")
+    (root / "chapters" / "page.md").write_text("# Explorer\n\n```{include} ../_build/explorer/07_inside.md\n```\n")
+    myst = shutil.which("myst") or str(Path(sys.executable).parent / "myst")
+    built = subprocess.run([myst, "build", "--site", "--strict"], cwd=root, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    content = json.loads(next((root / "_build" / "site" / "content").glob("*.json")).read_text())
+    stack, nodes = [content["mdast"]], []
+    while stack:
+        node = stack.pop()
+        nodes += [node] if node.get("type") == "anywidget" else []
+        stack += node.get("children", [])
+    (node,) = nodes
+    public = root / "_build" / "site" / "public"
+    (public / "host.html").write_text(SITE_HOST.replace("NODE", json.dumps(node).replace("</", "<\\/")))
+
+    errors: list[str] = []
+    with serve(public) as base:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        watch(page, errors)
+        page.goto(f"{base}/host.html")
+        page.wait_for_function("() => document.body.dataset.rendered === 'yes'", timeout=60_000)
+        root_el = page.locator(".nge-root")
+        assert root_el.count() == 1 and root_el.get_attribute("data-tokens") == str(len(prompt))
+        exercise_explorer(page, root_el, "site")
+        page.close()
+    assert errors == []

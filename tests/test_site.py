@@ -24,12 +24,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from check_site import broken_links, pages_without_outputs  # noqa: E402
+from check_site import (  # noqa: E402
+    AWAITING_DOWNLOADS,
+    broken_links,
+    download_problems,
+    explorer_problems,
+    page_data,
+    pages_without_outputs,
+)
+from explorer_page import chapter_prompt, write_explorer_page  # noqa: E402
 from site_notebooks import write_notebooks  # noqa: E402
 
 TEMPLATE = ROOT / ".ci" / "site-template"
 SKIP_DIRS = {".git", ".venv", "build", "_build", "out", "runs", "node_modules", "__pycache__"}
-EXERCISED = [f"chapters/0{n}_" for n in range(9)]  # chapters 00-08; later chapters join as their exercises land
+EXERCISED = [f"chapters/0{n}_" for n in range(9)] + ["chapters/A1_", "chapters/A2_"]  # later ones join as they land
 
 
 def _myst() -> str:
@@ -59,6 +67,7 @@ def copy_project(dest: Path) -> Path:
     config["site"]["template"] = str(TEMPLATE)
     (dest / "myst.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_notebooks(dest)
+    write_explorer_page(dest)  # no checkpoints in the copy (build/ is skipped): a small untrained model
     return dest
 
 
@@ -128,15 +137,77 @@ def test_every_chapter_is_in_the_toc_and_every_page_built(site):
     assert len(config["projects"][0]["pages"]) == len(toc) - 1  # the introduction is the index
 
 
-def test_every_download_is_a_chapter_notebook(site):
+def test_each_chapter_page_offers_its_own_notebook(site):
     project, _ = site
-    project_config = yaml.safe_load((project / "myst.yml").read_text())["project"]
-    toc = set(toc_files(project))
-    for download in project_config["downloads"]:
-        stem = Path(download["file"]).stem
-        assert f"chapters/{stem}.md" in toc, f"{download['file']} is not a chapter of the book"
-        notebook = json.loads((project / download["file"]).read_text())
-        assert notebook["nbformat"] == 4 and notebook["cells"], f"{download['file']} is not a notebook"
+    assert download_problems(project / "_build" / "site") == []
+    for page in (project / "_build" / "site" / "content").glob("*.json"):
+        data = json.loads(page.read_text())
+        for download in data["frontmatter"].get("downloads", []):
+            notebook = project / "_build" / "site" / "public" / download["url"].lstrip("/")
+            assert json.loads(notebook.read_text())["cells"], f"{download['url']} is not a notebook"
+
+
+def test_the_download_check_fails_a_page_offering_another_chapters_notebook(site, tmp_path):
+    project, _ = site
+    copy = shutil.copytree(project / "_build" / "site", tmp_path / "site")
+    page = next(p for p in (copy / "content").glob("*.json") if json.loads(p.read_text())["location"]
+                == "/chapters/07_inside.md")
+    data = json.loads(page.read_text())
+    data["frontmatter"]["downloads"][0]["filename"] = "01_data.ipynb"
+    page.write_text(json.dumps(data))
+    assert download_problems(copy) == ["/chapters/07_inside.md: downloads ['01_data.ipynb'], expected its own "
+                                       "07_inside.ipynb"]
+
+
+def test_only_chapters_without_a_downloads_entry_await_one():
+    for stem in AWAITING_DOWNLOADS:
+        header = (ROOT / "chapters" / f"{stem}.md").read_text().split("\n---\n", 1)[0]
+        assert "\ndownloads:" not in header, f"{stem} names its notebook now: remove it from AWAITING_DOWNLOADS"
+
+
+def _explorer_node(project: Path) -> dict:
+    stack, found = [page_data(project / "_build" / "site", "/chapters/07_inside.md")["mdast"]], []
+    while stack:
+        node = stack.pop()
+        found += [node] if node.get("type") == "anywidget" else []
+        stack += node.get("children", [])
+    (node,) = found
+    return node
+
+
+def test_chapter_07_embeds_the_live_explorer(site):
+    """The explorer's module, CSS and data for the chapter's prompt are in the built site (read from its JSON:
+    the stand-in template renders no HTML; tests/test_browser.py renders the same node in Chromium)."""
+    project, _ = site
+    site_dir = project / "_build" / "site"
+    assert explorer_problems(site_dir) == []
+    node = _explorer_node(project)
+    prompt = chapter_prompt(project / "chapters" / "07_inside.md")
+    assert node["model"]["data"]["prompt"] == prompt and len(node["model"]["data"]["tokens"]) == len(prompt)
+    assert node["model"]["view"] == "pattern" and node["model"]["layer"] == 0 and node["model"]["head"] == 0
+    page = json.dumps(page_data(site_dir, "/chapters/07_inside.md"), separators=(",", ":"))
+    assert "untrained model" in page, "without checkpoints the page must say it shows an untrained model"
+    assert '"identifier":"fig-explorer-live"' in page
+
+
+def test_the_explorer_check_fails_without_the_data_or_the_module(site, tmp_path):
+    project, _ = site
+    copy = shutil.copytree(project / "_build" / "site", tmp_path / "site")
+    page = next(p for p in (copy / "content").glob("*.json") if '"/chapters/07_inside.md"' in p.read_text())
+    node = _explorer_node(project)
+    (copy / "public" / node["esm"].lstrip("/")).unlink()
+    data = json.loads(page.read_text())
+    data["mdast"] = json.loads(json.dumps(data["mdast"]).replace('"runs": [', '"runs_gone": ['))
+    page.write_text(json.dumps(data))
+    problems = explorer_problems(copy)
+    assert any("ES module" in p for p in problems) and any("no tokens, shape or runs" in p for p in problems)
+
+
+def test_a_missing_explorer_page_fails_the_build(tmp_path):
+    project = copy_project(tmp_path / "book")
+    (project / "_build" / "explorer" / "07_inside.md").unlink()
+    result = build(project)
+    assert result.returncode != 0 and "07_inside.md" in result.stdout + result.stderr
 
 
 def test_bibliography_entries_are_unique_and_complete():
