@@ -4,13 +4,14 @@ On a machine shared with other jobs, wall-clock time says little, but the valida
 fixed number of steps does not depend on the load. So each candidate is measured twice:
 
 1. its relative step cost: a few training steps of the real trainer, timed against the chapter-05
-   preset's, interleaved over rounds, each in a fresh process; the median ratio;
+   preset's, interleaved over rounds (all candidates in one fresh process); the median ratio;
 2. its validation loss after the number of steps it would make in the time the chapter-05 preset
    makes `--steps` (default 1,600: its steps in `--time-budget 68` on a quiet 2-core CPU,
    bench/README.md), i.e. `steps / cost`, with the schedule decaying over exactly those steps;
    seeds fixed, each run in a fresh process.
 
-It prints a Markdown table: candidate, relative step cost, steps, validation loss.
+It prints each result as it comes, then a Markdown table: candidate, relative step cost, steps,
+validation loss.
 
     python bench/modern_sweep.py [--steps 1600] [--threads 1] [--jobs 2] [--only 0 3] [--quick]
 """
@@ -27,6 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +57,7 @@ def config(overrides: dict, data: Path, out: Path, **more) -> T.TrainConfig:
     return T.make_config("shakespeare_char", {**overrides, "data_dir": str(data), "out_dir": str(out), **more})
 
 
-def measure_cost(index: int, data: Path, steps: int) -> float:
+def step_time(index: int, data: Path, steps: int) -> float:
     """Seconds per training step of candidate `index`, after two warm-up steps (in this process)."""
     with tempfile.TemporaryDirectory() as out:
         run = T.start_run(config(CANDIDATES[index][1], data, Path(out)), overwrite=True, progress=False)
@@ -70,6 +72,16 @@ def measure_cost(index: int, data: Path, steps: int) -> float:
             T.close_run(run)
 
 
+def measure_cost(chosen: list[int], data: Path, steps: int, rounds: int) -> dict[int, float]:
+    """Each candidate's step time over the chapter-05 preset's (candidate 0), median over interleaved rounds."""
+    ratios: dict[int, list[float]] = {i: [] for i in chosen}
+    for _ in range(rounds):
+        base = step_time(0, data, steps)
+        for i in chosen:
+            ratios[i].append(step_time(i, data, steps) / base if i else 1.0)
+    return {i: statistics.median(r) for i, r in ratios.items()}
+
+
 def measure_loss(index: int, data: Path, steps: int) -> float:
     """Validation loss of candidate `index` after `steps` steps, the schedule decaying over them."""
     with tempfile.TemporaryDirectory() as out:
@@ -77,9 +89,10 @@ def measure_loss(index: int, data: Path, steps: int) -> float:
         return T.train(c, overwrite=True, progress=False).val_loss
 
 
-def in_fresh_process(args: argparse.Namespace, what: str, index: int, steps: int) -> float:
+def in_fresh_process(args: argparse.Namespace, what: str, index: int, steps: int) -> Any:
     command = [sys.executable, __file__, "--measure", what, "--index", str(index), "--n", str(steps),
-               "--data", str(args.data), "--threads", str(args.threads)]  # fmt: skip
+               "--data", str(args.data), "--threads", str(args.threads), "--rounds", str(args.rounds),
+               "--only", *map(str, args.chosen)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     r = subprocess.run(command, capture_output=True, text=True, env=env)
     if r.returncode:
@@ -102,25 +115,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps, two candidates: check that it runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.measure:
-        fn = measure_cost if args.measure == "cost" else measure_loss
-        print(json.dumps({"value": fn(args.index, args.data, args.n)}))
+    if args.measure == "cost":
+        print(json.dumps({"value": measure_cost(args.only, args.data, args.n, args.rounds)}))
+        return
+    if args.measure == "loss":
+        print(json.dumps({"value": measure_loss(args.index, args.data, args.n)}))
         return
     if args.data is None:
         args.data = Path(tempfile.mkdtemp()) / "shakespeare_char"
         prepare_dataset("shakespeare_char", out_dir=args.data, progress=False)
-    chosen = sorted({0, *(args.only if args.only is not None else range(len(CANDIDATES)))})
+    chosen = [0, *[i for i in dict.fromkeys(args.only if args.only is not None else range(len(CANDIDATES))) if i]]
     if args.quick:
         chosen, args.steps, args.cost_steps, args.rounds = [0, 3], 20, 2, 1
+    args.chosen = chosen
+    ratio = {int(i): r for i, r in in_fresh_process(args, "cost", 0, args.cost_steps).items()}
+    for i in chosen:
+        print(f"cost {i}: {ratio[i]:.3f}", flush=True)
+    steps = {i: max(1, round(args.steps / ratio[i])) for i in chosen}
+
+    def loss(i: int) -> float:
+        value = in_fresh_process(args, "loss", i, steps[i])
+        print(f"loss {i} ({CANDIDATES[i][0]}), {steps[i]} steps: {value:.4f}", flush=True)
+        return value
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        costs = {i: [] for i in chosen}
-        for _ in range(args.rounds):  # interleaved: every candidate once per round
-            times = list(pool.map(lambda i: in_fresh_process(args, "cost", i, args.cost_steps), chosen))
-            for i, t in zip(chosen, times, strict=True):
-                costs[i].append(t / times[0] if i else 1.0)
-        ratio = {i: statistics.median(c) for i, c in costs.items()}
-        steps = {i: max(1, round(args.steps / ratio[i])) for i in chosen}
-        losses = dict(zip(chosen, pool.map(lambda i: in_fresh_process(args, "loss", i, steps[i]), chosen), strict=True))
+        losses = dict(zip(chosen, pool.map(loss, chosen), strict=True))
     print(f"\n{args.steps} steps of the chapter-05 preset; {args.threads} thread(s) per process, {args.jobs} at once; "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| # | candidate | step cost (x chapter 05) | steps | val loss |\n|---|---|---|---|---|")
