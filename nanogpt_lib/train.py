@@ -373,7 +373,14 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     """The config saved in `out_dir/last`, set to resume, with `overrides` (say a larger max_iters) applied."""
     state = read_state(_last_checkpoint(Path(out_dir)))
     saved = {f.name: state["train_config"][f.name] for f in fields(TrainConfig) if f.name in state["train_config"]}
-    return apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir), "init_from": "resume"})
+    config = apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir),
+                                                    "init_from": "resume"})  # fmt: skip
+    if config.optimizer != saved.get("optimizer", "adamw"):  # the checkpoint holds the other optimizer's state
+        raise ValueError(
+            f"cannot resume {out_dir} with --optimizer {config.optimizer}: it was trained with "
+            f"{saved.get('optimizer', 'adamw')}, whose state the checkpoint holds; resume with the same optimizer"
+        )
+    return config
 
 
 # chapters/05_training.md, code cell 21

@@ -254,6 +254,8 @@ def test_command_trains_with_muon_and_wsd_and_shows_the_options(data_dir, tmp_pa
     assert code == 0 and "step 4" in capsys.readouterr().out
     saved = T.resume_config(out)
     assert (saved.optimizer, saved.schedule) == ("muon", "wsd")
+    code = cli.main(["train", "--resume", "--out", str(out), "--optimizer", "adamw", "--max-iters", "8"])
+    assert code == 1 and "trained with muon" in capsys.readouterr().err
     assert "momentum_buffer" in (out / "last" / "state.json").read_text()
     code = cli.main(["train", "--data", str(data_dir), "--out", str(tmp_path / "bad"), "--optimizer", "sgd"])
     assert code == 1 and "--optimizer must be one of adamw, muon" in capsys.readouterr().err
