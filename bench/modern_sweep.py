@@ -50,6 +50,8 @@ CANDIDATES = [
     ("Muon 0.02, WSD 0.2, batch 48", dict(MUON, **WSD, batch_size=48)),
     ("Muon 0.02, WSD 0.2, batch 64", dict(MUON, **WSD, batch_size=64)),
     ("Muon 0.02, WSD 0.2, 4x192 (6 heads)", dict(MUON, **WSD, n_embd=192, n_head=6)),
+    ("Muon 0.03, cosine", {**MUON, "muon_lr": 0.03}),
+    ("Muon 0.02, cosine, batch 48", dict(MUON, batch_size=48)),
 ]
 
 
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per process")
     parser.add_argument("--jobs", type=int, default=2, help="processes at once")
     parser.add_argument("--only", type=int, nargs="*", help="only these candidates (indices; 0 is always run)")
+    parser.add_argument("--costs", nargs="*", metavar="I=COST", help="use these step costs (from an earlier sweep) "
+                        "instead of measuring them; the candidates named are the ones run")
     parser.add_argument("--quick", action="store_true", help="a few steps, two candidates: check that it runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +135,11 @@ def main() -> None:
     if args.quick:
         chosen, args.steps, args.cost_steps, args.rounds = [0, 3], 20, 2, 1
     args.chosen = chosen
-    ratio = {int(i): r for i, r in in_fresh_process(args, "cost", 0, args.cost_steps).items()}
+    if args.costs:
+        ratio = {int(k): float(v) for k, v in (item.split("=") for item in args.costs)}
+        chosen = args.chosen = list(ratio)
+    else:
+        ratio = {int(i): r for i, r in in_fresh_process(args, "cost", 0, args.cost_steps).items()}
     for i in chosen:
         print(f"cost {i}: {ratio[i]:.3f}", flush=True)
     steps = {i: max(1, round(args.steps / ratio[i])) for i in chosen}
