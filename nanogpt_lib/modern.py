@@ -13,6 +13,11 @@ __all__ = [
     "swiglu_hidden",
     "SwiGLUMLP",
     "softcap",
+    "NS_COEFFICIENTS",
+    "newton_schulz",
+    "muon_param_groups",
+    "Muon",
+    "wsd_at",
 ]
 
 
@@ -117,3 +122,160 @@ class SwiGLUMLP(nn.Module):
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """Squash logits smoothly into (-cap, cap): cap · tanh(logits / cap), close to the identity for |logits| << cap."""
     return cap * torch.tanh(logits / cap)
+
+
+# chapters/09_modern.md, code cell 24
+import math
+from collections.abc import Iterable
+from typing import Any
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of eq-newton-schulz (Jordan et al., 2024)
+
+
+def newton_schulz(
+    G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None, eps: float = 1e-7
+) -> torch.Tensor:
+    """An approximately orthogonal matrix with the singular vectors of the 2-D `G` (eq-newton-schulz).
+
+    Its singular values are those of `G / ||G||_F` mapped `steps` times by the quintic: for 5 steps, within
+    about [0.68, 1.2] for every singular value above 1/500 of the norm ([0.68, 1.13] above 1/100).
+    Computed in `dtype` (default: bf16 on CUDA, for its matrix units; fp32 elsewhere), returned in `G`'s dtype.
+    """
+    if G.dim() != 2:
+        raise ValueError(f"newton_schulz orthogonalises a matrix; got a tensor of shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    X = G.to(dtype or (torch.bfloat16 if G.is_cuda else torch.float32))
+    tall = X.size(0) > X.size(1)
+    if tall:
+        X = X.mT  # work with the smaller Gram matrix X X^T
+    X = X / (X.norm() + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+# chapters/09_modern.md, code cell 27
+def muon_param_groups(
+    model: nn.Module, weight_decay: float, learning_rate: float, muon_lr: float
+) -> list[dict[str, Any]]:
+    """Three groups: Muon for the hidden layers' weight matrices, AdamW for the rest.
+
+    Muon (`muon=True`, at `muon_lr`): every 2-D parameter that is not an embedding or the output head
+    `model.lm_head`. AdamW at `learning_rate`: an untied head (decayed), and embeddings, a tied head,
+    gains and biases (not decayed). Every trainable parameter is in exactly one group.
+    """
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    head = getattr(model, "lm_head", None)
+    heads = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    hidden, decayed, rest = [], [], []
+    for p in model.parameters():  # a tied tensor is listed once
+        if not p.requires_grad:
+            continue
+        if p.dim() == 2 and id(p) not in embeddings and id(p) not in heads:
+            hidden.append(p)
+        else:
+            (decayed if p.dim() >= 2 and id(p) not in embeddings else rest).append(p)
+    return [
+        {"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": weight_decay},
+        {"params": decayed, "muon": False, "lr": learning_rate, "weight_decay": weight_decay},
+        {"params": rest, "muon": False, "lr": learning_rate, "weight_decay": 0.0},
+    ]
+
+
+# chapters/09_modern.md, code cell 28
+class Muon(torch.optim.Optimizer):
+    """Muon (eq-muon) on the parameter groups with `muon=True`, AdamW on the others: one optimizer.
+
+    Muon groups hold 2-D matrices only: Nesterov momentum, `newton_schulz`, a step scaled by
+    sqrt(max(1, rows / columns)), decoupled weight decay. AdamW groups follow torch.optim.AdamW. Each
+    group keeps its own `lr` (Muon's is typically ~10x AdamW's). The state is plain tensors and
+    numbers, so `state_dict()` round-trips through a checkpoint exactly.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
+                        weight_decay=weight_decay, muon=False)  # fmt: skip
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["muon"] and any(p.dim() != 2 for p in group["params"]):
+                raise ValueError(
+                    "Muon orthogonalises matrices: a group with muon=True may hold only 2-D parameters; give vectors "
+                    "(gains, biases) and embeddings to a group with muon=False (AdamW), as muon_param_groups does"
+                )
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One step of every group: Muon's or AdamW's."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            (self._muon_step if group["muon"] else self._adamw_step)(group, params)
+        return loss
+
+    def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        lr, beta = group["lr"], group["momentum"]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - beta)
+            update = p.grad.lerp(buf, beta) if group["nesterov"] else buf
+            p.mul_(1 - lr * group["weight_decay"])
+            p.add_(newton_schulz(update, group["ns_steps"]), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+    def _adamw_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+            p.mul_(1 - lr * group["weight_decay"])
+            m.lerp_(p.grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+# chapters/09_modern.md, code cell 31
+def wsd_at(
+    step: int,
+    learning_rate: float,
+    min_lr: float,
+    warmup_iters: int,
+    decay_iters: int,
+    cooldown_frac: float,
+    progress: float | None = None,
+) -> float:
+    """Warmup, stable, decay (eq-wsd): linear warmup over `warmup_iters` steps, then `learning_rate` until
+    the last `cooldown_frac` of the run, then a linear decay to `min_lr` at step `decay_iters`.
+
+    `progress` (0 to 1, the fraction of a time budget used), when given, replaces the step count after the
+    warmup, as in `lr_at`. Past the end the rate stays at `min_lr`.
+    """
+    if not 0 < cooldown_frac <= 1:
+        raise ValueError(f"cooldown_frac must be in (0, 1], got {cooldown_frac}")
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / warmup_iters
+    if progress is None:
+        progress = (step - warmup_iters) / max(1, decay_iters - warmup_iters)
+    progress = min(max(progress, 0.0), 1.0)
+    if progress <= 1.0 - cooldown_frac:
+        return learning_rate  # the stable phase
+    return min_lr + (learning_rate - min_lr) * (1.0 - progress) / cooldown_frac

@@ -64,6 +64,7 @@ from nanogpt_lib.checkpoint import _StopFlag, load_checkpoint, unlock_out_dir
 from nanogpt_lib.data import get_batch, load_prepared
 from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
 from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.modern import Muon, muon_param_groups, wsd_at
 from nanogpt_lib.pretrained import check_init_from, init_model
 
 
@@ -82,9 +83,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def make_optimizer(
-    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99)
-) -> torch.optim.AdamW:
-    """PyTorch's AdamW over `param_groups(model, weight_decay)`, fused into one kernel where available."""
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.99),
+    optimizer: str = "adamw",
+    muon_lr: float = 0.02,
+    muon_momentum: float = 0.95,
+) -> torch.optim.Optimizer:
+    """PyTorch's AdamW over `param_groups(model, weight_decay)`, fused into one kernel where available.
+
+    `optimizer="muon"`: Muon at `muon_lr` on the hidden layers' weight matrices, AdamW on the rest (chapter 9).
+    """
+    if optimizer == "muon":
+        groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
+        return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
     groups = param_groups(model, weight_decay)
     try:
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
@@ -146,6 +159,11 @@ class TrainConfig:
     warmup_iters: int = 50
     lr_decay_iters: int | None = None
     min_lr: float = 3e-4
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 9)
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
+    muon_momentum: float = 0.95
+    schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 9)
+    cooldown_frac: float = 0.2  # wsd: the fraction of the run spent decaying to min_lr
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 20
@@ -159,6 +177,7 @@ class TrainConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name))
         finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
+        finite += ("muon_lr", "muon_momentum", "cooldown_frac")
         for name in finite:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -184,6 +203,13 @@ class TrainConfig:
             raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
+        _check_choice("optimizer", self.optimizer, ("adamw", "muon"))
+        _check_choice("schedule", self.schedule, ("cosine", "wsd"))
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or not 0 < self.cooldown_frac <= 1:
+            raise ValueError(
+                f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {self.muon_lr}, "
+                f"{self.muon_momentum} and {self.cooldown_frac}"
+            )
         check_init_from(self.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
         self.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
 
@@ -211,6 +237,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=64, learning_rate=1e-3, min_lr=1e-4, max_iters=5000, warmup_iters=100, eval_interval=250,
         eval_iters=200, log_interval=10,
     ),
+    # chapter 9: the one-minute CPU run with Muon on the hidden matrices (cosine schedule: it beat
+    # warmup-stable-decay here), chosen by a fixed-step sweep (bench/modern_sweep.py, bench/README.md)
+    "shakespeare_char_modern": dict(out_dir="out/shakespeare_char_modern", optimizer="muon", muon_lr=0.02),
 }  # fmt: skip
 
 
@@ -277,15 +306,18 @@ def learning_rate(run: Run) -> float:
     if not c.decay_lr:
         return c.learning_rate
     progress = elapsed(run) / (run.elapsed_before + c.time_budget) if c.time_budget else None
-    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or c.max_iters, progress)
+    decay_iters = c.lr_decay_iters or c.max_iters
+    if c.schedule == "wsd":  # warmup, stable, decay (chapter 9)
+        return wsd_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, c.cooldown_frac, progress)
+    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, progress)
 
 
 def train_step(run: Run) -> None:
     """One optimizer step over `gradient_accumulation_steps` micro-batches; nothing here waits for the device."""
     t0, c = time.perf_counter(), run.config
     run.lr = learning_rate(run)
-    for group in run.optimizer.param_groups:
-        group["lr"] = run.lr
+    for group in run.optimizer.param_groups:  # Muon's groups (chapter 9) follow the schedule from their own peak
+        group["lr"] = c.muon_lr * (run.lr / c.learning_rate) if group.get("muon") else run.lr
     B, T, accum = c.batch_size, c.block_size, c.gradient_accumulation_steps
     x_all, y_all = get_batch(run.data.train, B * accum, T, run.device, generator=run.batches)
     mine = range(run.rank * accum // run.world, (run.rank + 1) * accum // run.world)  # this process's share
@@ -452,7 +484,8 @@ def start_run(
     torch.manual_seed(config.seed)
     raw = init_model(config.init_from, model_config, resumed).to(device)
     model_config = raw.config  # GPT-2's weights bring their own sizes (chapter 8)
-    optimizer = make_optimizer(raw, config.learning_rate, config.weight_decay, (config.beta1, config.beta2))
+    optimizer = make_optimizer(raw, config.learning_rate, config.weight_decay, (config.beta1, config.beta2),
+                               config.optimizer, config.muon_lr, config.muon_momentum)
     batches = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed + rank)  # dropout: different masks on every process
     val_x, val_y = fixed_windows(data.val, config.eval_iters * config.batch_size, config.block_size)
@@ -729,6 +762,11 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{_option(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
 def _type_name(hint: Any) -> str:
     args = [a for a in get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
@@ -792,7 +830,14 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     """The config saved in `out_dir/last`, set to resume, with `overrides` (say a larger max_iters) applied."""
     state = read_state(_last_checkpoint(Path(out_dir)))
     saved = {f.name: state["train_config"][f.name] for f in fields(TrainConfig) if f.name in state["train_config"]}
-    return apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir), "init_from": "resume"})
+    config = apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir),
+                                                    "init_from": "resume"})  # fmt: skip
+    if config.optimizer != saved.get("optimizer", "adamw"):  # the checkpoint holds the other optimizer's state
+        raise ValueError(
+            f"cannot resume {out_dir} with --optimizer {config.optimizer}: it was trained with "
+            f"{saved.get('optimizer', 'adamw')}, whose state the checkpoint holds; resume with the same optimizer"
+        )
+    return config
 
 
 # chapters/A3_trainer_engineering.md, code cell 20

@@ -112,8 +112,10 @@ def test_optimizer_state_that_is_not_plain_data_is_refused_by_name():
 
 
 def test_training_with_sgd_resumes_exactly(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "make_optimizer", lambda model, lr, wd, betas: torch.optim.SGD(model.parameters(), lr,
-                                                                                          momentum=0.9))  # fmt: skip
+    def sgd(model, lr, wd, betas, *muon_settings):
+        return torch.optim.SGD(model.parameters(), lr, momentum=0.9)
+
+    monkeypatch.setattr(T, "make_optimizer", sgd)
     common = dict(max_iters=8, eval_interval=4, dropout=0.1)
     T.train(config(data_dir, tmp_path / "straight", **common), progress=False)
 
