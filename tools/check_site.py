@@ -116,8 +116,7 @@ def explorer_problems(site: Path, location: str = EXPLORER_PAGE) -> list[str]:
 
 # Chapters whose front matter does not name their notebook yet (they are being edited on other branches);
 # they get the same three lines as the others when merged, and leave this set then.
-AWAITING_DOWNLOADS = frozenset({"03_attention", "04_gpt", "05_training", "06_sampling", "09_modern",
-                                "A3_trainer_engineering"})
+AWAITING_DOWNLOADS: frozenset[str] = frozenset()
 
 
 def download_problems(site: Path, awaiting: frozenset[str] = AWAITING_DOWNLOADS) -> list[str]:
