@@ -16,6 +16,7 @@ __all__ = [
     "NS_COEFFICIENTS",
     "newton_schulz",
     "muon_param_groups",
+    "ns_precision",
     "Muon",
     "wsd_at",
 ]
@@ -135,20 +136,22 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of eq-newton-schulz (
 def newton_schulz(
     G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None, eps: float = 1e-7
 ) -> torch.Tensor:
-    """An approximately orthogonal matrix with the singular vectors of the 2-D `G` (eq-newton-schulz).
+    """An approximately orthogonal matrix with the singular vectors of `G` (eq-newton-schulz).
 
+    `G` is a matrix, or a stack of same-shaped matrices (..., m, n), each orthogonalised on its own in
+    one batched product (cheaper than one call per matrix when the matrices are small).
     Its singular values are those of `G / ||G||_F` mapped `steps` times by the quintic: for 5 steps, within
     about [0.68, 1.2] for every singular value above 1/500 of the norm ([0.68, 1.13] above 1/100).
     Computed in `dtype` (default: bf16 on CUDA, for its matrix units; fp32 elsewhere), returned in `G`'s dtype.
     """
-    if G.dim() != 2:
-        raise ValueError(f"newton_schulz orthogonalises a matrix; got a tensor of shape {tuple(G.shape)}")
+    if G.dim() < 2:
+        raise ValueError(f"newton_schulz orthogonalises matrices; got a tensor of shape {tuple(G.shape)}")
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype or (torch.bfloat16 if G.is_cuda else torch.float32))
-    tall = X.size(0) > X.size(1)
+    tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT  # work with the smaller Gram matrix X X^T
-    X = X / (X.norm() + eps)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
@@ -184,6 +187,15 @@ def muon_param_groups(
 
 
 # chapters/09_modern.md, code cell 28
+def ns_precision(device: torch.device) -> torch.dtype:
+    """The dtype Muon orthogonalises in: bf16 where the device multiplies it natively, else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    from nanogpt_lib.device import cpu_has_native_bf16  # chapter 0's test: AVX-512 BF16 or AMX
+
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+
+
 class Muon(torch.optim.Optimizer):
     """Muon (eq-muon) on the parameter groups with `muon=True`, AdamW on the others: one optimizer.
 
@@ -203,10 +215,12 @@ class Muon(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        ns_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, muon=False)  # fmt: skip
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype  # None: bf16 where the device multiplies it natively (ns_precision)
         for group in self.param_groups:
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError(
@@ -228,6 +242,7 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         lr, beta = group["lr"], group["momentum"]
+        by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for p in params:
             state = self.state[p]
             if not state:
@@ -235,8 +250,13 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - beta)
             update = p.grad.lerp(buf, beta) if group["nesterov"] else buf
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(newton_schulz(update, group["ns_steps"]), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+            by_shape.setdefault(tuple(p.shape), []).append((p, update))
+        for (rows, cols), pairs in by_shape.items():  # one batched iteration per shape: every layer's c_fc at once
+            dtype = self.ns_dtype or ns_precision(pairs[0][0].device)
+            ortho = newton_schulz(torch.stack([u for _, u in pairs]), group["ns_steps"], dtype)
+            for (p, _), o in zip(pairs, ortho, strict=True):
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(o, alpha=-lr * max(1.0, rows / cols) ** 0.5)
 
     def _adamw_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]

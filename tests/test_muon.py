@@ -11,8 +11,9 @@ from torch import nn
 
 from nanogpt_lib import cli
 from nanogpt_lib import train as T
+from nanogpt_lib.device import cpu_has_native_bf16
 from nanogpt_lib.model import GPT, GPTConfig
-from nanogpt_lib.modern import NS_COEFFICIENTS, Muon, muon_param_groups, newton_schulz, wsd_at
+from nanogpt_lib.modern import NS_COEFFICIENTS, Muon, muon_param_groups, newton_schulz, ns_precision, wsd_at
 
 
 def quintic(s: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -53,8 +54,34 @@ def test_newton_schulz_in_bf16_stays_in_the_band_and_refuses_non_matrices():
     G = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     values = torch.linalg.svdvals(newton_schulz(G, dtype=torch.bfloat16))
     assert values.min() > 0.6 and values.max() < 1.2
-    with pytest.raises(ValueError, match="matrix"):
-        newton_schulz(torch.randn(3, 4, 5))
+    with pytest.raises(ValueError, match="matrices"):
+        newton_schulz(torch.randn(5))
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 40), (2, 40, 24)])
+def test_newton_schulz_of_a_stack_is_each_matrix_on_its_own(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    stacked = newton_schulz(G)
+    for g, x in zip(G, stacked, strict=True):
+        torch.testing.assert_close(x, newton_schulz(g), rtol=1e-5, atol=1e-6)
+
+
+def test_muon_batches_same_shaped_matrices_and_orthogonalises_in_the_device_precision():
+    torch.manual_seed(0)
+    layers = [nn.Linear(32, 48, bias=False) for _ in range(3)] + [nn.Linear(48, 32, bias=False)]
+    grads = [torch.randn_like(m.weight) for m in layers]
+    starts = [m.weight.detach().clone() for m in layers]
+    opt = Muon([{"params": [m.weight for m in layers], "muon": True}], lr=0.02, momentum=0.95, ns_dtype=None)
+    for m, g in zip(layers, grads, strict=True):
+        m.weight.grad = g.clone()
+    opt.step()
+    dtype = ns_precision(torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    for m, g, w0 in zip(layers, grads, starts, strict=True):
+        update = 0.05 * g + 0.95 * (0.05 * g)  # Nesterov: the gradient pulled towards the new momentum
+        rows, cols = g.shape
+        expected = w0 - 0.02 * max(1.0, rows / cols) ** 0.5 * newton_schulz(update, dtype=dtype)
+        torch.testing.assert_close(m.weight.detach(), expected, rtol=2e-2, atol=2e-3)
 
 
 # --- the optimizer ---------------------------------------------------------------------------------
@@ -64,7 +91,7 @@ def test_newton_schulz_in_bf16_stays_in_the_band_and_refuses_non_matrices():
 def test_muon_step_is_momentum_orthogonalised_and_scaled_for_the_shape(shape):
     m, n = shape
     W = nn.Parameter(torch.randn(*shape))
-    opt = Muon([{"params": [W], "muon": True}], lr=0.02, momentum=0.95, weight_decay=0.1)
+    opt = Muon([{"params": [W], "muon": True}], lr=0.02, momentum=0.95, weight_decay=0.1, ns_dtype=torch.float32)
     before = W.detach().clone()
     momentum = torch.zeros(shape)
     for k in range(3):
