@@ -304,5 +304,4 @@ class GPT(nn.Module):
         """GPT-2's released weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or a local folder in
         Hugging Face's format, in this model; see `nanogpt_lib.pretrained.load_hf_gpt2` (chapter 8)."""
         from nanogpt_lib.pretrained import load_hf_gpt2  # imported here: that module imports this one
-
         return load_hf_gpt2(name_or_path, **kwargs)

@@ -196,6 +196,7 @@ def ns_precision(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
+# chapters/09_modern.md, code cell 29
 class Muon(torch.optim.Optimizer):
     """Muon (eq-muon) on the parameter groups with `muon=True`, AdamW on the others: one optimizer.
 
@@ -273,7 +274,7 @@ class Muon(torch.optim.Optimizer):
             p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
-# chapters/09_modern.md, code cell 31
+# chapters/09_modern.md, code cell 32
 def wsd_at(
     step: int,
     learning_rate: float,
