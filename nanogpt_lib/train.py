@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-# chapters/05_training.md, code cell 6
+# chapters/05_training.md, code cell 4
 
 import math
 import time
@@ -64,11 +64,7 @@ from nanogpt_lib.modern import Muon, muon_param_groups
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW parameter groups: `weight_decay` on the weight matrices of linear layers, none elsewhere.
-
-    Biases, LayerNorm parameters and embeddings (and an output layer tied to the token embedding)
-    go in the second group, without decay.
-    """
+    """Two AdamW groups: `weight_decay` on linear layers' weight matrices; none on biases, norms, embeddings."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     decay, no_decay = [], []
     for p in model.parameters():  # a tied tensor is listed once
@@ -78,18 +74,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def make_optimizer(
-    model: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.99),
-    optimizer: str = "adamw",
-    muon_lr: float = 0.02,
-    muon_momentum: float = 0.95,
+    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
+    optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
 ) -> torch.optim.Optimizer:
-    """PyTorch's AdamW over `param_groups(model, weight_decay)`, fused into one kernel where available.
-
-    `optimizer="muon"`: Muon at `muon_lr` on the hidden layers' weight matrices, AdamW on the rest (chapter 9).
-    """
+    """PyTorch's AdamW over `param_groups`, fused where available; `optimizer="muon"`: chapter 9's Muon."""
     if optimizer == "muon":
         groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
         return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
@@ -100,15 +88,12 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
-# chapters/05_training.md, code cell 8
+# chapters/05_training.md, code cell 6
 def lr_at(
     step: int, learning_rate: float, min_lr: float, warmup_iters: int, decay_iters: int, progress: float | None = None
 ) -> float:
-    """Linear warmup over `warmup_iters` steps, then cosine decay from `learning_rate` down to `min_lr`.
-
-    The decay ends at step `decay_iters`, or, when `progress` (0 to 1, the fraction of a time
-    budget used) is given, when progress reaches 1. Past the end the rate stays at `min_lr`.
-    """
+    """Linear warmup over `warmup_iters` steps, then cosine decay to `min_lr`, reached at step `decay_iters`
+    or, when `progress` (0 to 1: the fraction of a time budget used) is given, at progress 1; then constant."""
     if step < warmup_iters:
         return learning_rate * (step + 1) / warmup_iters
     if progress is None:
@@ -117,21 +102,17 @@ def lr_at(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-# chapters/05_training.md, code cell 15
+# chapters/05_training.md, code cell 12
 def train(
-    config: TrainConfig,
-    overwrite: bool = False,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    progress: bool | None = None,
-    reuse_memory: bool = False,
+    config: TrainConfig, overwrite: bool = False, callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | None = None, reuse_memory: bool = False,
 ) -> TrainResult:
-    """Train the GPT described by `config` on `config.data_dir`, writing metrics and checkpoints to `config.out_dir`.
+    """Train the GPT of `config` on `config.data_dir`, writing metrics and checkpoints to `config.out_dir`.
 
-    `config.init_from == "resume"` continues the run in `out_dir` exactly; otherwise a folder that already holds
-    a run is refused unless `overwrite`. `callback(row)` gets every metrics row; `progress` shows a progress bar
-    (default: on a terminal or in a notebook); `reuse_memory=True` keeps freed memory in a CPU process (Appendix A3).
-    Under `torchrun` every process calls this and only rank 0 writes. Ctrl-C stops after the current step and
-    saves; a NaN or infinite loss raises TrainingDiverged.
+    `init_from="resume"` continues the run in `out_dir` exactly; else a folder holding a run needs `overwrite`.
+    `callback(row)` gets every metrics row; `progress`: a progress bar (default: on a terminal or in a notebook);
+    `reuse_memory`: keep freed memory in a CPU process (Appendix A3). Under `torchrun` every process calls this.
+    Ctrl-C stops after the current step and saves; a NaN or infinite loss raises TrainingDiverged.
     """
     try:
         run = start_run(config, overwrite, callback, progress, reuse_memory)
@@ -166,7 +147,7 @@ def train(
     return run_result(run, stopped)
 
 
-# chapters/05_training.md, code cell 16
+# chapters/05_training.md, code cell 13
 def train_step(run: Run) -> None:
     """One optimizer step over `gradient_accumulation_steps` micro-batches; nothing here waits for the device."""
     t0, c = time.perf_counter(), run.config
