@@ -669,44 +669,7 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name))
-        finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
-        finite += ("muon_lr", "muon_momentum", "cooldown_frac")
-        for name in finite:
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{_option(name)} must be a finite number, got {value}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {self.seed}")
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
-        positive += ("max_iters", "eval_interval", "eval_iters", "log_interval")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{_option(name)} must not be negative, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.min_lr > self.learning_rate:
-            raise ValueError(
-                f"need 0 < min_lr <= learning_rate, got learning_rate={self.learning_rate}, min_lr={self.min_lr}"
-            )
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
-        _check_choice("optimizer", self.optimizer, ("adamw", "muon"))
-        _check_choice("schedule", self.schedule, ("cosine", "wsd"))
-        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or not 0 < self.cooldown_frac <= 1:
-            raise ValueError(
-                f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {self.muon_lr}, "
-                f"{self.muon_momentum} and {self.cooldown_frac}"
-            )
-        check_init_from(self.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
-        self.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
+        _check_config(self)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPT this run trains, for a dataset with `vocab_size` tokens."""
@@ -719,6 +682,49 @@ class TrainConfig:
 
 
 # chapters/A3_trainer_engineering.md, code cell 18
+def _check_config(config: TrainConfig) -> None:
+    """The checks `TrainConfig` runs on creation; each error names the command-line flag."""
+    for f in fields(config):
+        _check_type(f.name, getattr(config, f.name))
+    finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
+    finite += ("muon_lr", "muon_momentum", "cooldown_frac")
+    for name in finite:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{_option(name)} must be a finite number, got {value}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {config.seed}")
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
+    positive += ("max_iters", "eval_interval", "eval_iters", "log_interval")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{_option(name)} must be at least 1, got {getattr(config, name)}")
+    for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{_option(name)} must not be negative, got {getattr(config, name)}")
+    if config.learning_rate <= 0 or config.min_lr > config.learning_rate:
+        raise ValueError(
+            f"need 0 < min_lr <= learning_rate, got learning_rate={config.learning_rate}, min_lr={config.min_lr}"
+        )
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{_option(name)} must be in [0, 1), got {getattr(config, name)}")
+    if config.time_budget is not None and config.time_budget <= 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {config.time_budget}")
+    if config.lr_decay_iters is not None and config.lr_decay_iters < 1:
+        raise ValueError(f"--lr-decay-iters must be at least 1, got {config.lr_decay_iters}")
+    _check_choice("optimizer", config.optimizer, ("adamw", "muon"))
+    _check_choice("schedule", config.schedule, ("cosine", "wsd"))
+    if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or not 0 < config.cooldown_frac <= 1:
+        raise ValueError(
+            f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {config.muon_lr}, "
+            f"{config.muon_momentum} and {config.cooldown_frac}"
+        )
+    check_init_from(config.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
+    config.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
+
+
+# chapters/A3_trainer_engineering.md, code cell 19
 _TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
 DEFAULT_PRESET = "shakespeare_char"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -738,7 +744,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# chapters/A3_trainer_engineering.md, code cell 19
+# chapters/A3_trainer_engineering.md, code cell 20
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -798,7 +804,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     return replace(config, **changes)
 
 
-# chapters/A3_trainer_engineering.md, code cell 20
+# chapters/A3_trainer_engineering.md, code cell 21
 def make_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config of a named preset (default: the CPU default) with `overrides` applied."""
     name = preset or DEFAULT_PRESET
@@ -821,7 +827,7 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     return config
 
 
-# chapters/A3_trainer_engineering.md, code cell 23
+# chapters/A3_trainer_engineering.md, code cell 24
 _IN_USE = "is in use by another trainer"  # what lock_out_dir says when another process holds a run folder
 
 
@@ -869,7 +875,7 @@ def _busy(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and not isinstance(e, TrainingDiverged) and _IN_USE in str(e)
 
 
-# chapters/A3_trainer_engineering.md, code cell 24
+# chapters/A3_trainer_engineering.md, code cell 25
 def finished(config: TrainConfig) -> bool:
     """Whether `config.out_dir` holds the last checkpoint of a run of exactly `config`, trained to its end.
 
@@ -922,7 +928,7 @@ def load_or_train(
                 raise  # else another process took the folder first: wait for it, then look again
 
 
-# chapters/A3_trainer_engineering.md, code cell 25
+# chapters/A3_trainer_engineering.md, code cell 26
 def book_run(build: str | os.PathLike, quick: bool = False) -> TrainConfig:
     """The book's Shakespeare run: chapter 5 trains it, chapter 6 samples from it.
 
@@ -939,7 +945,7 @@ def book_run(build: str | os.PathLike, quick: bool = False) -> TrainConfig:
     return make_config(DEFAULT_PRESET, {"data_dir": str(build / "data"), "out_dir": str(out), **length})
 
 
-# chapters/A3_trainer_engineering.md, code cell 30
+# chapters/A3_trainer_engineering.md, code cell 31
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
 
 
