@@ -207,12 +207,14 @@ def test_contributing_points_to_the_architecture_in_the_repository():
         assert topic in architecture, topic
 
 
-# The style rule "no exported cell over ~80 lines", checked for the chapters listed here. Chapters 03, 04 and 05
+# The style rule "no exported cell over ~80 lines", checked for the chapters listed here. Chapters 03 and 04
 # are not listed: their long cells are being split in other changes; add each chapter once its cells fit.
 SHORT_CELL_CHAPTERS = [
     "chapters/01_data.md",
     "chapters/02_bpe.md",
+    "chapters/05_training.md",
     "chapters/06_sampling.md",
+    "chapters/A3_trainer_engineering.md",
     "chapters/A9_exercises.md",
 ]
 MAX_EXPORTED_CELL_LINES = 80
