@@ -8,12 +8,7 @@ __all__ = [
     "param_groups",
     "make_optimizer",
     "lr_at",
-    "TrainConfig",
-    "DEFAULT_PRESET",
-    "PRESETS",
     "train",
-    "elapsed",
-    "learning_rate",
     "train_step",
     "TrainingDiverged",
     "TrainResult",
@@ -24,6 +19,8 @@ __all__ = [
     "fixed_windows",
     "evaluate",
     "stop_reason",
+    "elapsed",
+    "learning_rate",
     "step_metrics",
     "validation_loss",
     "save_run",
@@ -32,6 +29,9 @@ __all__ = [
     "close_run",
     "leave_group",
     "run_result",
+    "TrainConfig",
+    "DEFAULT_PRESET",
+    "PRESETS",
     "apply_overrides",
     "make_config",
     "resume_config",
@@ -46,34 +46,25 @@ __all__ = [
 ]
 
 
-# chapters/05_training.md, code cell 6
+# chapters/05_training.md, code cell 4
 
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nanogpt_lib.checkpoint import _StopFlag, load_checkpoint, unlock_out_dir
-from nanogpt_lib.data import get_batch, load_prepared
-from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
-from nanogpt_lib.model import GPT, GPTConfig
-from nanogpt_lib.modern import Muon, muon_param_groups, wsd_at
-from nanogpt_lib.pretrained import check_init_from, init_model
+from nanogpt_lib.checkpoint import _StopFlag, unlock_out_dir
+from nanogpt_lib.data import get_batch
+from nanogpt_lib.modern import Muon, muon_param_groups
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW parameter groups: `weight_decay` on the weight matrices of linear layers, none elsewhere.
-
-    Biases, LayerNorm parameters and embeddings (and an output layer tied to the token embedding)
-    go in the second group, without decay.
-    """
+    """Two AdamW groups: `weight_decay` on linear layers' weight matrices; none on biases, norms, embeddings."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     decay, no_decay = [], []
     for p in model.parameters():  # a tied tensor is listed once
@@ -83,18 +74,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def make_optimizer(
-    model: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.99),
-    optimizer: str = "adamw",
-    muon_lr: float = 0.02,
-    muon_momentum: float = 0.95,
+    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
+    optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
 ) -> torch.optim.Optimizer:
-    """PyTorch's AdamW over `param_groups(model, weight_decay)`, fused into one kernel where available.
-
-    `optimizer="muon"`: Muon at `muon_lr` on the hidden layers' weight matrices, AdamW on the rest (chapter 9).
-    """
+    """PyTorch's AdamW over `param_groups`, fused where available; `optimizer="muon"`: chapter 9's Muon."""
     if optimizer == "muon":
         groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
         return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
@@ -105,15 +88,12 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
-# chapters/05_training.md, code cell 8
+# chapters/05_training.md, code cell 6
 def lr_at(
     step: int, learning_rate: float, min_lr: float, warmup_iters: int, decay_iters: int, progress: float | None = None
 ) -> float:
-    """Linear warmup over `warmup_iters` steps, then cosine decay from `learning_rate` down to `min_lr`.
-
-    The decay ends at step `decay_iters`, or, when `progress` (0 to 1, the fraction of a time
-    budget used) is given, when progress reaches 1. Past the end the rate stays at `min_lr`.
-    """
+    """Linear warmup over `warmup_iters` steps, then cosine decay to `min_lr`, reached at step `decay_iters`
+    or, when `progress` (0 to 1: the fraction of a time budget used) is given, at progress 1; then constant."""
     if step < warmup_iters:
         return learning_rate * (step + 1) / warmup_iters
     if progress is None:
@@ -122,143 +102,16 @@ def lr_at(
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-# chapters/05_training.md, code cell 13
-@dataclass
-class TrainConfig:
-    """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
-
-    data_dir: str = "shakespeare_char"  # a folder, or the name of a dataset in data_home() (chapter 1)
-    out_dir: str = "out/shakespeare_char"
-    init_from: str = "scratch"  # "scratch", "resume" from out_dir/last, or GPT-2 weights (chapter 8)
-    # the model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = False
-    rope: bool = False  # chapter 9's model options (GPTConfig's), each off by default
-    rope_base: float = 10000.0
-    norm: str = "layernorm"
-    mlp: str = "gelu"
-    qk_norm: bool = False
-    tie_embeddings: bool = True
-    zero_init_proj: bool = False
-    logit_softcap: float | None = None
-    # optimization
-    batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    max_iters: int = 1500
-    time_budget: float | None = None  # seconds for this invocation (on --resume: more time), replaces max_iters
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    decay_lr: bool = True
-    warmup_iters: int = 50
-    lr_decay_iters: int | None = None
-    min_lr: float = 3e-4
-    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 9)
-    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
-    muon_momentum: float = 0.95
-    schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 9)
-    cooldown_frac: float = 0.2  # wsd: the fraction of the run spent decaying to min_lr
-    # evaluation and logging
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    # system
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 1337
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name))
-        finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
-        finite += ("muon_lr", "muon_momentum", "cooldown_frac")
-        for name in finite:
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{_option(name)} must be a finite number, got {value}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {self.seed}")
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
-        positive += ("max_iters", "eval_interval", "eval_iters", "log_interval")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{_option(name)} must not be negative, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.min_lr > self.learning_rate:
-            raise ValueError(
-                f"need 0 < min_lr <= learning_rate, got learning_rate={self.learning_rate}, min_lr={self.min_lr}"
-            )
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
-        _check_choice("optimizer", self.optimizer, ("adamw", "muon"))
-        _check_choice("schedule", self.schedule, ("cosine", "wsd"))
-        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or not 0 < self.cooldown_frac <= 1:
-            raise ValueError(
-                f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {self.muon_lr}, "
-                f"{self.muon_momentum} and {self.cooldown_frac}"
-            )
-        check_init_from(self.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
-        self.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
-
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPT this run trains, for a dataset with `vocab_size` tokens."""
-        return GPTConfig(
-            vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-            n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-            rope=self.rope, rope_base=self.rope_base, norm=self.norm, mlp=self.mlp, qk_norm=self.qk_norm,
-            tie_embeddings=self.tie_embeddings, zero_init_proj=self.zero_init_proj, logit_softcap=self.logit_softcap,
-        )  # fmt: skip
-
-
-# chapters/05_training.md, code cell 14
-_TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
-DEFAULT_PRESET = "shakespeare_char"
-PRESETS: dict[str, dict[str, Any]] = {
-    # the CPU default is TrainConfig's own defaults (one source of truth, shown by `nanogpt train --help`):
-    # the lowest validation loss after one minute on a 2-core CPU in a sweep of depth, width, context,
-    # batch and learning rate (bench/README.md)
-    "shakespeare_char": {},
-    # nanoGPT's GPU configuration for the same data: 6 layers, 384 wide, 256 characters of context
-    "shakespeare_char_gpu": dict(
-        out_dir="out/shakespeare_char_gpu", n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
-        batch_size=64, learning_rate=1e-3, min_lr=1e-4, max_iters=5000, warmup_iters=100, eval_interval=250,
-        eval_iters=200, log_interval=10,
-    ),
-    # chapter 9: the one-minute CPU run with Muon on the hidden matrices (cosine schedule: it beat
-    # warmup-stable-decay here), chosen by a fixed-step sweep (bench/modern_sweep.py, bench/README.md)
-    "shakespeare_char_modern": dict(out_dir="out/shakespeare_char_modern", optimizer="muon", muon_lr=0.02),
-}  # fmt: skip
-
-
-# chapters/05_training.md, code cell 16
+# chapters/05_training.md, code cell 12
 def train(
-    config: TrainConfig,
-    overwrite: bool = False,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    progress: bool | None = None,
-    reuse_memory: bool = False,
+    config: TrainConfig, overwrite: bool = False, callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | None = None, reuse_memory: bool = False,
 ) -> TrainResult:
-    """Train the GPT described by `config` on `config.data_dir`, writing metrics and checkpoints to `config.out_dir`.
+    """Train the GPT of `config` on `config.data_dir`, writing metrics and checkpoints to `config.out_dir`.
 
-    `config.init_from == "resume"` continues the run in `out_dir` exactly; otherwise a folder that already
-    holds a run is refused unless `overwrite`. `callback(row)` is called with every metrics row (on the
-    first process). `progress` shows a progress bar on stderr, with a line per evaluation (default: on a
-    terminal or in a notebook). `reuse_memory=True` first makes the C allocator keep freed memory on a CPU: a change
-    to the whole process's allocator, so it is off unless asked for (the `nanogpt train` command asks).
-    Under `torchrun` every process calls this; the batches are split between them and only rank 0 writes.
+    `init_from="resume"` continues the run in `out_dir` exactly; else a folder holding a run needs `overwrite`.
+    `callback(row)` gets every metrics row; `progress`: a progress bar (default: on a terminal or in a notebook);
+    `reuse_memory`: keep freed memory in a CPU process (Appendix A3). Under `torchrun` every process calls this.
     Ctrl-C stops after the current step and saves; a NaN or infinite loss raises TrainingDiverged.
     """
     try:
@@ -294,24 +147,7 @@ def train(
     return run_result(run, stopped)
 
 
-# chapters/05_training.md, code cell 17
-def elapsed(run: Run) -> float:
-    """Seconds of training in this run so far, earlier invocations of a resumed run included."""
-    return run.elapsed_before + time.perf_counter() - run.start
-
-
-def learning_rate(run: Run) -> float:
-    """The scheduled learning rate of the next step; a time budget decays over the time this run will have had."""
-    c = run.config
-    if not c.decay_lr:
-        return c.learning_rate
-    progress = elapsed(run) / (run.elapsed_before + c.time_budget) if c.time_budget else None
-    decay_iters = c.lr_decay_iters or c.max_iters
-    if c.schedule == "wsd":  # warmup, stable, decay (chapter 9)
-        return wsd_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, c.cooldown_frac, progress)
-    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, progress)
-
-
+# chapters/05_training.md, code cell 13
 def train_step(run: Run) -> None:
     """One optimizer step over `gradient_accumulation_steps` micro-batches; nothing here waits for the device."""
     t0, c = time.perf_counter(), run.config
@@ -343,11 +179,12 @@ def train_step(run: Run) -> None:
 # chapters/A3_trainer_engineering.md, code cell 3
 
 import ctypes
+import os
 import platform
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import get_args, get_type_hints
 
 import torch.distributed as dist
@@ -369,12 +206,17 @@ from nanogpt_lib.checkpoint import (
     _prepare_out_dir,
     _truncate_metrics,
     copy_checkpoint,
+    load_checkpoint,
     lock_out_dir,
     read_state,
     save_checkpoint,
 )
 from nanogpt_lib.checkpoint import find_checkpoint as find_checkpoint
-from nanogpt_lib.data import load_text, prepare_char_dataset
+from nanogpt_lib.data import load_prepared, load_text, prepare_char_dataset
+from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
+from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.modern import wsd_at
+from nanogpt_lib.pretrained import check_init_from, init_model
 
 
 # chapters/A3_trainer_engineering.md, code cell 5
@@ -615,6 +457,24 @@ def stop_reason(run: Run, requested: bool, agree: bool) -> str:
 
 
 # chapters/A3_trainer_engineering.md, code cell 13
+def elapsed(run: Run) -> float:
+    """Seconds of training in this run so far, earlier invocations of a resumed run included."""
+    return run.elapsed_before + time.perf_counter() - run.start
+
+
+def learning_rate(run: Run) -> float:
+    """The scheduled learning rate of the next step; a time budget decays over the time this run will have had."""
+    c = run.config
+    if not c.decay_lr:
+        return c.learning_rate
+    progress = elapsed(run) / (run.elapsed_before + c.time_budget) if c.time_budget else None
+    decay_iters = c.lr_decay_iters or c.max_iters
+    if c.schedule == "wsd":  # warmup, stable, decay (chapter 9)
+        return wsd_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, c.cooldown_frac, progress)
+    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, progress)
+
+
+# chapters/A3_trainer_engineering.md, code cell 14
 def _diverged(run: Run, what: str) -> TrainingDiverged:
     message = f"{what} by step {run.step}: the run diverged. "
     if run.saved is not None:
@@ -664,7 +524,7 @@ def validation_loss(run: Run) -> float:
     return value
 
 
-# chapters/A3_trainer_engineering.md, code cell 14
+# chapters/A3_trainer_engineering.md, code cell 15
 def save_run(run: Run, val_loss: float | None) -> None:
     """Write out/last, and copy it to out/best when `val_loss` is the lowest finite validation loss so far."""
     if not torch.stack([torch.isfinite(p).all() for p in run.raw.parameters()]).all():
@@ -686,7 +546,7 @@ def save_run(run: Run, val_loss: float | None) -> None:
     run.saved = run.step
 
 
-# chapters/A3_trainer_engineering.md, code cell 15
+# chapters/A3_trainer_engineering.md, code cell 16
 def _open_log(run: Run, progress: bool | None) -> None:
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -757,7 +617,134 @@ def run_result(run: Run, stopped: str) -> TrainResult:
     )  # fmt: skip
 
 
-# chapters/A3_trainer_engineering.md, code cell 16
+# chapters/A3_trainer_engineering.md, code cell 17
+@dataclass
+class TrainConfig:
+    """A training run: data, model shape, optimization, evaluation, system. Checked on creation."""
+
+    data_dir: str = "shakespeare_char"  # a folder, or the name of a dataset in data_home() (chapter 1)
+    out_dir: str = "out/shakespeare_char"
+    init_from: str = "scratch"  # "scratch", "resume" from out_dir/last, or GPT-2 weights (chapter 8)
+    # the model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    rope: bool = False  # chapter 9's model options (GPTConfig's), each off by default
+    rope_base: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None
+    # optimization
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    max_iters: int = 1500
+    time_budget: float | None = None  # seconds for this invocation (on --resume: more time), replaces max_iters
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    decay_lr: bool = True
+    warmup_iters: int = 50
+    lr_decay_iters: int | None = None
+    min_lr: float = 3e-4
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 9)
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
+    muon_momentum: float = 0.95
+    schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 9)
+    cooldown_frac: float = 0.2  # wsd: the fraction of the run spent decaying to min_lr
+    # evaluation and logging
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    # system
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        _check_config(self)
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPT this run trains, for a dataset with `vocab_size` tokens."""
+        return GPTConfig(
+            vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
+            n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+            rope=self.rope, rope_base=self.rope_base, norm=self.norm, mlp=self.mlp, qk_norm=self.qk_norm,
+            tie_embeddings=self.tie_embeddings, zero_init_proj=self.zero_init_proj, logit_softcap=self.logit_softcap,
+        )  # fmt: skip
+
+
+# chapters/A3_trainer_engineering.md, code cell 18
+def _check_config(config: TrainConfig) -> None:
+    """The checks `TrainConfig` runs on creation; each error names the command-line flag."""
+    for f in fields(config):
+        _check_type(f.name, getattr(config, f.name))
+    finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
+    finite += ("muon_lr", "muon_momentum", "cooldown_frac")
+    for name in finite:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{_option(name)} must be a finite number, got {value}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {config.seed}")
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
+    positive += ("max_iters", "eval_interval", "eval_iters", "log_interval")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{_option(name)} must be at least 1, got {getattr(config, name)}")
+    for name in ("warmup_iters", "weight_decay", "grad_clip", "min_lr"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{_option(name)} must not be negative, got {getattr(config, name)}")
+    if config.learning_rate <= 0 or config.min_lr > config.learning_rate:
+        raise ValueError(
+            f"need 0 < min_lr <= learning_rate, got learning_rate={config.learning_rate}, min_lr={config.min_lr}"
+        )
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{_option(name)} must be in [0, 1), got {getattr(config, name)}")
+    if config.time_budget is not None and config.time_budget <= 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {config.time_budget}")
+    if config.lr_decay_iters is not None and config.lr_decay_iters < 1:
+        raise ValueError(f"--lr-decay-iters must be at least 1, got {config.lr_decay_iters}")
+    _check_choice("optimizer", config.optimizer, ("adamw", "muon"))
+    _check_choice("schedule", config.schedule, ("cosine", "wsd"))
+    if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or not 0 < config.cooldown_frac <= 1:
+        raise ValueError(
+            f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {config.muon_lr}, "
+            f"{config.muon_momentum} and {config.cooldown_frac}"
+        )
+    check_init_from(config.init_from)  # "scratch", "resume", or GPT-2's weights (chapter 8)
+    config.model_config(vocab_size=1)  # the model's own checks: n_embd divisible by n_head, dropout in [0, 1)
+
+
+# chapters/A3_trainer_engineering.md, code cell 19
+_TEXT_FIELDS = ("data_dir", "out_dir", "init_from", "device", "precision")
+DEFAULT_PRESET = "shakespeare_char"
+PRESETS: dict[str, dict[str, Any]] = {
+    # the CPU default is TrainConfig's own defaults (one source of truth, shown by `nanogpt train --help`):
+    # the lowest validation loss after one minute on a 2-core CPU in a sweep of depth, width, context,
+    # batch and learning rate (bench/README.md)
+    "shakespeare_char": {},
+    # nanoGPT's GPU configuration for the same data: 6 layers, 384 wide, 256 characters of context
+    "shakespeare_char_gpu": dict(
+        out_dir="out/shakespeare_char_gpu", n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
+        batch_size=64, learning_rate=1e-3, min_lr=1e-4, max_iters=5000, warmup_iters=100, eval_interval=250,
+        eval_iters=200, log_interval=10,
+    ),
+    # chapter 9: the one-minute CPU run with Muon on the hidden matrices (cosine schedule: it beat
+    # warmup-stable-decay here), chosen by a fixed-step sweep (bench/modern_sweep.py, bench/README.md)
+    "shakespeare_char_modern": dict(out_dir="out/shakespeare_char_modern", optimizer="muon", muon_lr=0.02),
+}  # fmt: skip
+
+
+# chapters/A3_trainer_engineering.md, code cell 20
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -817,7 +804,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     return replace(config, **changes)
 
 
-# chapters/A3_trainer_engineering.md, code cell 17
+# chapters/A3_trainer_engineering.md, code cell 21
 def make_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config of a named preset (default: the CPU default) with `overrides` applied."""
     name = preset or DEFAULT_PRESET
@@ -840,7 +827,7 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     return config
 
 
-# chapters/A3_trainer_engineering.md, code cell 20
+# chapters/A3_trainer_engineering.md, code cell 24
 _IN_USE = "is in use by another trainer"  # what lock_out_dir says when another process holds a run folder
 
 
@@ -888,7 +875,7 @@ def _busy(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and not isinstance(e, TrainingDiverged) and _IN_USE in str(e)
 
 
-# chapters/A3_trainer_engineering.md, code cell 21
+# chapters/A3_trainer_engineering.md, code cell 25
 def finished(config: TrainConfig) -> bool:
     """Whether `config.out_dir` holds the last checkpoint of a run of exactly `config`, trained to its end.
 
@@ -941,7 +928,7 @@ def load_or_train(
                 raise  # else another process took the folder first: wait for it, then look again
 
 
-# chapters/A3_trainer_engineering.md, code cell 22
+# chapters/A3_trainer_engineering.md, code cell 26
 def book_run(build: str | os.PathLike, quick: bool = False) -> TrainConfig:
     """The book's Shakespeare run: chapter 5 trains it, chapter 6 samples from it.
 
@@ -958,7 +945,7 @@ def book_run(build: str | os.PathLike, quick: bool = False) -> TrainConfig:
     return make_config(DEFAULT_PRESET, {"data_dir": str(build / "data"), "out_dir": str(out), **length})
 
 
-# chapters/A3_trainer_engineering.md, code cell 26
+# chapters/A3_trainer_engineering.md, code cell 31
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
 
 
