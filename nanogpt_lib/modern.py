@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-# chapters/09_modern.md, code cell 5
+# chapters/09_modern.md, code cell 6
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,7 +68,7 @@ class Rotary(nn.Module):
         return apply_rotary(x, cos, sin)
 
 
-# chapters/09_modern.md, code cell 10
+# chapters/09_modern.md, code cell 11
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation with a learned gain (no mean subtracted, no bias): x / rms(x) · weight."""
 
@@ -81,7 +81,7 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), self.eps)
 
 
-# chapters/09_modern.md, code cell 15
+# chapters/09_modern.md, code cell 16
 class ReLU2MLP(nn.Module):
     """The MLP with ReLU² (Primer) instead of GELU: widen 4x, relu(x)², project back."""
 
@@ -102,7 +102,7 @@ def swiglu_hidden(n_embd: int, multiple: int = 8) -> int:
 
 
 class SwiGLUMLP(nn.Module):
-    """The gated MLP of Shazeer (2020): (silu(x W_gate) * x W_up) W_down, at GELU's parameter count.
+    """The gated MLP of Shazeer (2020): W_down (silu(W_gate x) * W_up x), at GELU's parameter count.
 
     `c_fc` holds W_gate and W_up side by side (one matrix product for both), `c_proj` is W_down.
     """
@@ -119,13 +119,13 @@ class SwiGLUMLP(nn.Module):
         return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
-# chapters/09_modern.md, code cell 18
+# chapters/09_modern.md, code cell 19
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """Squash logits smoothly into (-cap, cap): cap · tanh(logits / cap), close to the identity for |logits| << cap."""
     return cap * torch.tanh(logits / cap)
 
 
-# chapters/09_modern.md, code cell 24
+# chapters/09_modern.md, code cell 26
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -158,7 +158,7 @@ def newton_schulz(
     return (X.mT if tall else X).to(G.dtype)
 
 
-# chapters/09_modern.md, code cell 27
+# chapters/09_modern.md, code cell 29
 def muon_param_groups(
     model: nn.Module, weight_decay: float, learning_rate: float, muon_lr: float
 ) -> list[dict[str, Any]]:
@@ -186,7 +186,7 @@ def muon_param_groups(
     ]
 
 
-# chapters/09_modern.md, code cell 28
+# chapters/09_modern.md, code cell 30
 def ns_precision(device: torch.device) -> torch.dtype:
     """The dtype Muon orthogonalises in: bf16 where the device multiplies it natively, else fp32."""
     if device.type == "cuda":
@@ -196,7 +196,7 @@ def ns_precision(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
-# chapters/09_modern.md, code cell 29
+# chapters/09_modern.md, code cell 31
 class Muon(torch.optim.Optimizer):
     """Muon (eq-muon) on the parameter groups with `muon=True`, AdamW on the others: one optimizer.
 
@@ -274,7 +274,7 @@ class Muon(torch.optim.Optimizer):
             p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
-# chapters/09_modern.md, code cell 32
+# chapters/09_modern.md, code cell 34
 def wsd_at(
     step: int,
     learning_rate: float,
