@@ -37,7 +37,8 @@ from nanogpt_lib.data import prepare_dataset
 
 MUON = dict(optimizer="muon", muon_lr=0.02)
 WSD = dict(schedule="wsd", cooldown_frac=0.2)
-# (name, overrides of the chapter-05 preset `shakespeare_char`)
+M3 = dict(MUON, muon_lr=0.03, warmup_iters=10)  # the leader of the second sweep, varied from 30 on
+# (name, overrides of the chapter-05 preset `shakespeare_char`); the indices are the tables' "#" in bench/README.md
 CANDIDATES = [
     ("chapter 05 preset: AdamW, cosine, 4x128, batch 32", {}),
     ("AdamW, WSD 0.2", dict(WSD)),
@@ -52,6 +53,49 @@ CANDIDATES = [
     ("Muon 0.02, WSD 0.2, 4x192 (6 heads)", dict(MUON, **WSD, n_embd=192, n_head=6)),
     ("Muon 0.03, cosine", {**MUON, "muon_lr": 0.03}),
     ("Muon 0.02, cosine, batch 48", dict(MUON, batch_size=48)),
+    # the second sweep (1,250 steps of the chapter-05 preset)
+    ("Muon 0.02, cosine, decay to 0", dict(MUON, min_lr=0.0)),
+    ("Muon 0.02, cosine, context 128, batch 16", dict(MUON, block_size=128, batch_size=16)),
+    ("Muon 0.02, cosine, untied head, zero-init projections", dict(MUON, tie_embeddings=False, zero_init_proj=True)),
+    ("Muon 0.02, cosine, ReLU²", dict(MUON, mlp="relu2")),
+    ("Muon 0.02, cosine, rotary positions", dict(MUON, rope=True)),
+    ("Muon 0.02, cosine, 4x192 (6 heads)", dict(MUON, n_embd=192, n_head=6)),
+    ("Muon 0.02, cosine, 6x128", dict(MUON, n_layer=6)),
+    ("Muon 0.02, cosine, momentum 0.9", dict(MUON, muon_momentum=0.9)),
+    ("Muon 0.02, cosine, warmup 10", dict(MUON, warmup_iters=10)),
+    ("Muon 0.03, cosine, warmup 10", dict(M3)),
+    ("Muon 0.03, cosine, AdamW lr 6e-3", dict(MUON, muon_lr=0.03, learning_rate=6e-3, min_lr=6e-4)),
+    ("Muon 0.03, cosine, AdamW lr 1e-2", dict(MUON, muon_lr=0.03, learning_rate=1e-2, min_lr=1e-3)),
+    ("Muon 0.03, cosine, no weight decay", dict(MUON, muon_lr=0.03, weight_decay=0.0)),
+    ("Muon 0.04, cosine", dict(MUON, muon_lr=0.04)),
+    ("Muon 0.02, cosine, seed 1", dict(MUON, seed=1)),
+    ("Muon 0.02, cosine, seed 2", dict(MUON, seed=2)),
+    ("Muon 0.03, cosine, seed 1", dict(MUON, muon_lr=0.03, seed=1)),
+    ("Muon 0.03, cosine, warmup 10, 3x128", dict(M3, n_layer=3)),
+    ("Muon 0.03, cosine, warmup 10, batch 24", dict(M3, batch_size=24)),
+    ("Muon 0.03, cosine, warmup 10, 2 heads of 64", dict(M3, n_head=2)),
+    ("Muon 0.03, cosine, warmup 10, 5x128", dict(M3, n_layer=5)),
+    ("Muon 0.03, cosine, warmup 10, 4x160 (5 heads)", dict(M3, n_embd=160, n_head=5)),
+    ("Muon 0.03, cosine, warmup 10, 2x128", dict(M3, n_layer=2)),
+    ("Muon 0.03, cosine, warmup 10, 3x128, 2 heads of 64", dict(M3, n_layer=3, n_head=2)),
+    ("Muon 0.04, cosine, warmup 10, 3x128", dict(M3, muon_lr=0.04, n_layer=3)),
+    ("Muon 0.03, cosine, warmup 10, 3x160 (5 heads)", dict(M3, n_layer=3, n_embd=160, n_head=5)),
+    ("Muon 0.03, cosine, warmup 10, 3x128, batch 48", dict(M3, n_layer=3, batch_size=48)),
+    ("Muon 0.03, cosine, warmup 10, 3x128, seed 1", dict(M3, n_layer=3, seed=1)),
+    ("Muon 0.03, cosine, warmup 10, seed 1", dict(M3, seed=1)),
+    ("Muon 0.03, cosine, warmup 10, 2x128, seed 1", dict(M3, n_layer=2, seed=1)),
+    ("Muon 0.03, cosine, warmup 10, 2x160 (5 heads)", dict(M3, n_layer=2, n_embd=160, n_head=5)),
+    ("Muon 0.03, cosine, warmup 10, 2x192 (6 heads)", dict(M3, n_layer=2, n_embd=192, n_head=6)),
+    ("Muon 0.03, cosine, warmup 10, 2x128, batch 48", dict(M3, n_layer=2, batch_size=48)),
+    ("Muon 0.04, cosine, warmup 10, 2x128", dict(M3, muon_lr=0.04, n_layer=2)),
+    ("AdamW, cosine, 3x128", dict(n_layer=3)),
+    ("AdamW, cosine, 2x128", dict(n_layer=2)),
+    ("Muon 0.03, cosine, warmup 10, 3x128, batch 64", dict(M3, n_layer=3, batch_size=64)),
+    ("Muon 0.03, cosine, warmup 10, 2x128, batch 64", dict(M3, n_layer=2, batch_size=64)),
+    ("Muon 0.03, cosine, warmup 10, 3x128, batch 48, seed 1", dict(M3, n_layer=3, batch_size=48, seed=1)),
+    ("AdamW, cosine, 3x128, batch 48", dict(n_layer=3, batch_size=48)),
+    ("Muon 0.02, cosine, 3x128, batch 48 (the preset)", dict(MUON, n_layer=3, batch_size=48)),
+    ("Muon 0.03, cosine, 3x128, batch 48", dict(MUON, muon_lr=0.03, n_layer=3, batch_size=48)),
 ]
 
 
