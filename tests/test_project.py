@@ -22,17 +22,29 @@ def requirement_name(req: str) -> str:
     return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
 
 
+def extra(name: str) -> list[str]:
+    """An extra's requirements, with the extras of this project it names (`nanogpt-lib[hf]`) expanded."""
+    found = []
+    for req in PYPROJECT["project"]["optional-dependencies"][name]:
+        if requirement_name(req) == PYPROJECT["project"]["name"]:
+            for other in re.search(r"\[(.*)\]", req).group(1).split(","):
+                found += extra(other.strip())
+        else:
+            found.append(req)
+    return found
+
+
 def test_environment_yml_has_what_reading_needs_and_no_test_tools():
     """Conda readers get the runtime dependencies and the `book` extra; the test tools stay in the `dev` extra."""
     import yaml
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)}
-    reading = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["book"]
+    reading = PYPROJECT["project"]["dependencies"] + extra("book")
     missing = [name for name in map(requirement_name, reading) if CONDA_NAMES.get(name, name) not in conda]
     assert missing == [], f"add these to environment.yml: {missing}"
-    book = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["book"]))
-    test_tools = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["dev"])) - book
+    book = set(map(requirement_name, extra("book")))
+    test_tools = set(map(requirement_name, extra("dev"))) - book
     assert conda & test_tools == set(), "test tools belong to the dev extra, not to the readers' environment"
     assert "conda-forge" in env["channels"]
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -41,7 +53,7 @@ def test_environment_yml_has_what_reading_needs_and_no_test_tools():
 
 def test_plotting_and_widgets_are_book_dependencies_not_runtime_ones():
     runtime = set(map(requirement_name, PYPROJECT["project"]["dependencies"]))
-    book = set(map(requirement_name, PYPROJECT["project"]["optional-dependencies"]["book"]))
+    book = set(map(requirement_name, extra("book")))
     assert {"matplotlib", "ipywidgets"} & runtime == set()
     assert {"matplotlib", "ipywidgets", "mystmd", "jupytext"} <= book
 
