@@ -352,7 +352,8 @@ def test_static_renderer_shim_without_a_notebook(browser, tmp_path):
 
 # What a MyST theme does with an `anywidget` node, reduced to anywidget's front-end contract: import the node's
 # ES module, load its CSS, and call the module's `initialize` and `render` with a model that holds the node's
-# JSON. MyST's book theme is downloaded at build time and cannot run here; this host stands in for it.
+# JSON. MyST's book theme is downloaded at build time and cannot run here; this host stands in for it. Like
+# MyST's model on a static page, which has no kernel, its save_changes throws.
 SITE_HOST = """<!doctype html><html><head><meta charset='utf-8'></head><body><div id='host'></div>
 <script type='application/json' id='node'>NODE</script>
 <script type='module'>
@@ -361,7 +362,7 @@ const values = structuredClone(node.model), handlers = {};
 const model = {
   get: (k) => values[k],
   set: (k, v) => { values[k] = v; (handlers['change:' + k] || []).forEach((f) => f()); },
-  save_changes: () => {}, send: () => {},
+  save_changes: () => { throw new Error('MystAnyModel.save_changes not implemented yet'); }, send: () => {},
   on: (e, f) => { (handlers[e] = handlers[e] || []).push(f); },
   off: (e, f) => { handlers[e] = (handlers[e] || []).filter((g) => f && g !== f); },
 };
@@ -434,5 +435,26 @@ def test_explorer_node_of_the_built_site_renders(browser, tmp_path):
         root_el = page.locator(".nge-root")
         assert root_el.count() == 1 and root_el.get_attribute("data-tokens") == str(len(prompt))
         exercise_explorer(page, root_el, "site")
+        page.set_viewport_size({"width": 420, "height": 900})  # a phone
+        fits_a_narrow_screen(page, root_el)
         page.close()
-    assert errors == []
+    assert errors == [], "a static page has no kernel: saving the view must not raise"
+
+
+LABELS = """r => [...r.querySelectorAll('canvas[data-label-px]')].map(
+    c => Number(c.dataset.labelPx) * c.getBoundingClientRect().width / c.width)"""
+OVERHANG = """r => Math.max(...[...r.querySelectorAll('.nge-frame, .nge-thumb, .nge-bar')].map(
+    e => e.getBoundingClientRect().right - r.getBoundingClientRect().right))"""
+
+
+def fits_a_narrow_screen(page, root) -> None:
+    """In every view on a narrow screen, the explorer stays within the page, and its labels stay readable."""
+    for view in ("pattern", "head", "model", "compare"):
+        root.locator(f"button[data-view={view}]").click()
+        shot(root, f"site_narrow_{view}.png")
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 420, f"{view}: the page is {width} px wide in a 420 px window"
+        assert root.evaluate(OVERHANG) <= 0.5, f"{view}: a part of the explorer sticks out of its frame"
+        sizes = root.evaluate(LABELS)
+        assert view == "model" or sizes, f"{view}: no labelled canvas"
+        assert all(px >= 10 for px in sizes), f"{view}: token labels of {sizes} px"

@@ -109,7 +109,9 @@ def explorer_problems(site: Path, location: str = EXPLORER_PAGE) -> list[str]:
     if not (T and L and H and runs):
         return [*problems, f"{location}: the explorer's model has no tokens, shape or runs"]
     for run in runs:
-        if len(base64.b64decode(run.get("weights", ""))) != 2 * L * H * T * (T + 1) // 2:
+        weights = run.get("weights", "")
+        weights = "".join(weights) if isinstance(weights, list) else weights  # a static page's are in chunks
+        if len(base64.b64decode(weights)) != 2 * L * H * T * (T + 1) // 2:
             problems.append(f"{location}: run {run.get('name')!r} does not hold {L}x{H} causal {T}x{T} weights")
     return problems
 

@@ -29,6 +29,10 @@ CHAPTER = Path("chapters/07_inside.md")
 RUNS = Path("build/07_inside")  # where the chapter keeps its checkpoints (its BUILD folder)
 PAGE = Path("_build/explorer/07_inside.md")
 ESM, CSS = "/nanogpt_lib/static/explorer.js", "/nanogpt_lib/static/explorer.css"  # from the project's root
+# MyST's Markdown rules scan runs of non-space characters with patterns that slow down sharply on long ones
+# (one 172 KB line of compact JSON took minutes), so the data are written in short lines: indented JSON,
+# and each run's base64 weights as a list of strings that explorer.js joins.
+CHUNK = 1000
 
 
 def chapter_prompt(chapter: Path) -> str:
@@ -77,9 +81,21 @@ def explorer_state(root: Path = ROOT) -> tuple[dict[str, Any], str]:
     return state, about
 
 
+def chunked(state: dict[str, Any], size: int = CHUNK) -> dict[str, Any]:
+    """`state` with each run's base64 weights cut into a list of strings of at most `size` characters."""
+    runs = [{**run, "weights": [run["weights"][i:i + size] for i in range(0, len(run["weights"]), size)]}
+            for run in state["data"]["runs"]]
+    return {**state, "data": {**state["data"], "runs": runs}}
+
+
+def longest_run(text: str) -> int:
+    """The length of the longest run of non-whitespace characters in `text`."""
+    return max((len(word) for word in text.split()), default=0)
+
+
 def explorer_markdown(state: dict[str, Any], about: str) -> str:
     """MyST Markdown for the page: a labelled figure holding the `{anywidget}` directive, and the sentence."""
-    body = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(chunked(state), ensure_ascii=False, indent=1)
     return (
         "::::{figure}\n:label: fig-explorer-live\n\n"
         f":::{{anywidget}} {ESM}\n:css: {CSS}\n{body}\n:::\n\n"

@@ -1,14 +1,17 @@
 // The attention explorer: an anywidget front end (plain ES module, no build step, no network).
 // The model holds `data` (tokens and one or more runs of attention weights, see nanogpt_lib/viz.py),
 // and the view state `view`, `layer`, `head`. Weights arrive as base64 little-endian uint16 in
-// thousandths, lower triangle only (a causal model attends to nothing later).
+// thousandths, lower triangle only (a causal model attends to nothing later): one string, or a list of
+// short strings to join (a static page's data, kept in short lines for the site's Markdown parser).
 
 const HEAD_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
   "#7f7f7f", "#bcbd22", "#393b79", "#637939"];
 const VIEWS = [["pattern", "Pattern"], ["head", "Head"], ["model", "Model"], ["compare", "Compare"]];
 
+const LABEL_PX = 11;  // token labels never shrink below this; a dense matrix labels every k-th token instead
+
 function decodeRun(b64) {
-  const bin = atob(b64);
+  const bin = atob(Array.isArray(b64) ? b64.join("") : b64);
   const view = new DataView(new ArrayBuffer(bin.length));
   for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
   const out = new Float32Array(bin.length / 2);
@@ -57,9 +60,14 @@ function render({ model, el: host }) {
   const layer = () => Math.min(model.get("layer") || 0, L - 1);
   const head = () => Math.min(model.get("head") || 0, H - 1);
 
+  // A kernel keeps the view in sync with Python; a static page (MyST's {anywidget}) has no kernel, and its
+  // model may throw from save_changes: the view then lives in the page alone.
+  let canSave = typeof model.save_changes === "function";
   function setState(changes) {
     for (const [k, v] of Object.entries(changes)) model.set(k, v);
-    model.save_changes();
+    if (canSave) {
+      try { model.save_changes(); } catch (e) { canSave = false; }
+    }
     draw();
   }
 
@@ -105,10 +113,23 @@ function render({ model, el: host }) {
   }
   const hideTip = () => { tooltip.style.display = "none"; };
 
+  // a frame that scrolls sideways when a canvas is wider than a narrow screen, so labels keep their size
+  const framed = (canvas) => { const f = el("div", "nge-frame"); f.appendChild(canvas); return f; };
+
+  // the widest token label at LABEL_PX, in pixels: the matrix's margin for its labels
+  function labelWidth() {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = `${LABEL_PX}px monospace`;
+    let widest = 0;
+    for (let i = 0; i < T; i++) widest = Math.max(widest, ctx.measureText(tok(i)).width);
+    return Math.min(90, Math.ceil(widest) + 8);
+  }
+
   // a tokens x tokens heatmap with token labels; value(i, j) in [0, 1] or [-1, 1] with colour()
   function heatmap(title, value, colour, describe) {
     const cell = Math.max(6, Math.min(22, Math.floor(420 / T)));
-    const margin = 34;
+    const every = Math.ceil(LABEL_PX / cell);  // label every k-th token when rows are thinner than a label
+    const margin = labelWidth();
     const size = margin + cell * T;
     const wrap = el("div", "nge-panel");
     wrap.appendChild(el("div", "nge-title", title));
@@ -125,14 +146,15 @@ function render({ model, el: host }) {
       }
     }
     ctx.fillStyle = "#222";
-    ctx.font = `${Math.min(cell, 12)}px monospace`;
+    ctx.font = `${LABEL_PX}px monospace`;
+    canvas.dataset.labelPx = LABEL_PX;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (let i = 0; i < T; i++) ctx.fillText(tok(i), margin - 3, margin + (i + 0.5) * cell);
+    for (let i = 0; i < T; i += every) ctx.fillText(tok(i), margin - 3, margin + (i + 0.5) * cell);
     ctx.save();
     ctx.rotate(-Math.PI / 2);
     ctx.textAlign = "left";
-    for (let j = 0; j < T; j++) ctx.fillText(tok(j), -margin + 3, margin + (j + 0.5) * cell);
+    for (let j = 0; j < T; j += every) ctx.fillText(tok(j), -margin + 3, margin + (j + 0.5) * cell);
     ctx.restore();
     canvas.addEventListener("mousemove", (evt) => {
       const r = canvas.getBoundingClientRect();
@@ -144,7 +166,7 @@ function render({ model, el: host }) {
       showTip(evt, `query ${i} '${tok(i)}' → key ${j} '${tok(j)}': ${describe(i, j)}`);
     });
     canvas.addEventListener("mouseleave", hideTip);
-    wrap.appendChild(canvas);
+    wrap.appendChild(framed(canvas));
     return wrap;
   }
 
@@ -170,7 +192,7 @@ function render({ model, el: host }) {
       toggles.appendChild(label);
     }
     body.appendChild(toggles);
-    const row = Math.max(10, Math.min(18, Math.floor(640 / T)));
+    const row = Math.max(LABEL_PX + 1, Math.min(18, Math.floor(640 / T)));
     const width = 420, col = 70, height = row * T + 10;
     const canvas = el("canvas", "nge-lines");
     canvas.width = width;
@@ -198,6 +220,7 @@ function render({ model, el: host }) {
       }
       ctx.globalAlpha = 1;
       ctx.font = `${Math.min(row - 1, 13)}px monospace`;
+      canvas.dataset.labelPx = Math.min(row - 1, 13);
       ctx.textBaseline = "middle";
       for (let i = 0; i < T; i++) {
         ctx.fillStyle = i === q ? "#c00" : "#222";
@@ -223,13 +246,13 @@ function render({ model, el: host }) {
     });
     canvas.addEventListener("mouseleave", hideTip);
     paint();
-    body.append(title, canvas);
+    body.append(title, framed(canvas));
   }
 
   function modelView() {
     const scale = Math.max(1, Math.floor(96 / T));
     const grid = el("div", "nge-grid");
-    grid.style.gridTemplateColumns = `repeat(${H}, max-content)`;
+    grid.style.gridTemplateColumns = `repeat(${H}, minmax(0, max-content))`;  // shrinks to a narrow frame
     for (let l = 0; l < L; l++) {
       for (let h = 0; h < H; h++) {
         const cell = el("div", "nge-thumb" + (l === layer() && h === head() ? " nge-current" : ""));
