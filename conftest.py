@@ -66,3 +66,33 @@ def build_notebook(chapter: Path, build: Path = BUILD) -> Path:
         raise
     return target
 
+
+
+# Figures a test measures (a build's time, a browser's tokens/s) are printed in the summary, never asserted:
+# a busy machine must not fail the suite. Under `-n N` each worker appends to one file that the main process
+# prints at the end.
+MEASURED = ROOT / "build" / "measured.txt"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        MEASURED.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def measured(request):
+    """`measured(text)` records one line for the end of the test run, after the test's name."""
+
+    def record(text: str) -> None:
+        MEASURED.parent.mkdir(parents=True, exist_ok=True)
+        with MEASURED.open("a", encoding="utf-8") as f:
+            f.write(f"{request.node.nodeid}: {text}\n")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASURED.exists() and not hasattr(terminalreporter.config, "workerinput"):
+        terminalreporter.section("measured (not asserted)")
+        for line in MEASURED.read_text(encoding="utf-8").splitlines():
+            terminalreporter.write_line(line)

@@ -552,7 +552,8 @@ def _open_log(run: Run, progress: bool | None) -> None:
         run.out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(run.out / "metrics.jsonl", run.step)
         run.log_file = open(run.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        show = progress if progress is not None else (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+        show = progress if progress is not None else interactive and os.environ.get("TQDM_DISABLE") != "1"
         if show:
             budget = run.config.time_budget
             run.bar = tqdm(total=round(budget) if budget else run.config.max_iters, initial=0 if budget else run.step,

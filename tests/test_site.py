@@ -28,11 +28,14 @@ from check_site import (  # noqa: E402
     AWAITING_DOWNLOADS,
     broken_links,
     download_problems,
+    duplicate_numbers,
+    empty_cells,
     explorer_problems,
+    kernel_outputs,
     page_data,
     pages_without_outputs,
 )
-from explorer_page import chapter_prompt, write_explorer_page  # noqa: E402
+from explorer_page import chapter_prompt, longest_run, write_explorer_page  # noqa: E402
 from site_notebooks import write_notebooks  # noqa: E402
 
 TEMPLATE = ROOT / ".ci" / "site-template"
@@ -208,6 +211,119 @@ def test_a_missing_explorer_page_fails_the_build(tmp_path):
     (project / "_build" / "explorer" / "07_inside.md").unlink()
     result = build(project)
     assert result.returncode != 0 and "07_inside.md" in result.stdout + result.stderr
+
+
+def test_no_page_shows_an_empty_cell_and_every_number_is_the_chapters_own(site):
+    """The `#| default_exp` cells are hidden (tag `remove-cell`); figures and equations are numbered per chapter
+    ("Figure 4.2"), so no two in the book share a number."""
+    project, _ = site
+    site_dir = project / "_build" / "site"
+    assert empty_cells(site_dir) == [] and duplicate_numbers(site_dir) == []
+    for chapter in sorted((ROOT / "chapters").glob("*.md")):
+        prefix = chapter.stem.split("_")[0]
+        prefix = prefix.lstrip("0") or "0" if prefix.isdigit() else prefix
+        header = chapter.read_text().split("\n---\n", 1)[0]
+        assert f"\nnumbering:\n  enumerator: {prefix}.%s" in header, f"{chapter.name}: number its figures {prefix}.N"
+    page = json.dumps(page_data(site_dir, "/chapters/04_gpt.md")["mdast"])
+    assert re.search(r'"kind": "figure"[^{}]*"enumerator": "4\.1"', page), "chapter 4's first figure is Figure 4.1"
+
+
+def test_the_checks_catch_an_empty_cell_and_a_number_used_twice(site, tmp_path):
+    project, _ = site
+    copy = shutil.copytree(project / "_build" / "site", tmp_path / "site")
+    page = next(p for p in (copy / "content").glob("*.json") if '"/chapters/03_attention.md"' in p.read_text())
+    data = json.loads(page.read_text())
+    stack = [data["mdast"]]
+    while stack:  # show the hidden `default_exp` cell; give the second figure the first one's number
+        node = stack.pop()
+        if node.get("type") == "block" and node.get("visibility") == "remove":
+            node["visibility"] = "show"
+        if node.get("kind") == "figure" and node.get("enumerator") == "3.2":
+            node["enumerator"] = "3.1"
+        stack += node.get("children", [])
+    page.write_text(json.dumps(data))
+    assert [p for p in empty_cells(copy) if p.startswith("/chapters/03_attention.md")] == [
+        "/chapters/03_attention.md: code cell 2 is empty on the page (tag it remove-cell)"]
+    assert any(p.startswith("figure 3.1: /chapters/03_attention.md#") for p in duplicate_numbers(copy))
+
+
+def test_the_site_has_a_favicon_and_wraps_long_code_lines(site):
+    project, _ = site
+    site_dir = project / "_build" / "site"
+    options = json.loads((site_dir / "config.json").read_text())["options"]
+    favicon, style = _public_file(site_dir, options["favicon"]), _public_file(site_dir, options["style"])
+    assert favicon.read_text().lstrip().startswith("<svg") and favicon.stat().st_size < 4096
+    assert re.search(r"pre[^{]*\{[^}]*white-space: pre-wrap", style.read_text())
+
+
+def _public_file(site_dir: Path, url: str) -> Path:
+    path = site_dir / "public" / url.lstrip("/").removeprefix("build/")  # MyST names copied files /build/<name>
+    assert path.is_file(), f"{url} was not copied into the site"
+    return path
+
+
+def test_chapter_07_with_a_full_size_explorer_builds_in_seconds(tmp_path, measured):
+    """The explorer of chapter 07's full-mode model (4 layers x 4 heads, two checkpoints, ~170 KB): its include
+    has no long runs of non-space text, which MyST's Markdown rules are slow on; the build's time is recorded."""
+    import torch
+
+    from nanogpt_lib.checkpoint import save_checkpoint
+    from nanogpt_lib.data import CharTokenizer
+    from nanogpt_lib.model import GPT, GPTConfig
+
+    project = copy_project(tmp_path / "book")
+    tok = CharTokenizer.from_text(chapter_prompt(project / "chapters" / "07_inside.md"))
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    for folder, step in (("run/last", 1500), ("early", 100)):
+        model = GPT(config)
+        save_checkpoint(project / "build" / "07_inside" / folder, model, torch.optim.AdamW(model.parameters()),
+                        {"step": step, "model_config": config.to_dict(), "tokenizer": tok.to_dict()})
+    page = write_explorer_page(project).read_text()
+    assert len(page) > 150_000 and longest_run(page) <= 2000, (len(page), longest_run(page))
+    result = build(project)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = re.search(r"Built chapters/07_inside\.md in [^\n]*", result.stdout + result.stderr)
+    measured(f"MyST processed chapter 07 with a {len(page) // 1000} KB explorer: {line and line.group(0)}")
+
+
+TRAIN_CELL = """from nanogpt_lib.data import prepare_char_dataset
+from nanogpt_lib.train import make_config, train
+
+prepare_char_dataset("to be or not to be, that is the question\\n" * 40, "data")
+tiny = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=3, eval_iters=1, device="cpu")
+train(make_config(overrides={**tiny, "data_dir": "data", "out_dir": "out"}))
+print(6 * 7)"""
+
+
+def _widget_project(tmp_path: Path) -> Path:
+    """A one-page book whose cells train (the trainer's progress bar, by default), print, and return a widget in
+    a `remove-output` cell."""
+    tmp_path.mkdir(parents=True)
+    _one_cell_project(tmp_path)
+    (tmp_path / "page.md").write_text(
+        "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n  language: python\n---\n# Page\n\n"
+        f"```{{code-cell}} ipython3\n{TRAIN_CELL}\n```\n\n"
+        "```{code-cell} ipython3\n:tags: [remove-output]\n\nimport ipywidgets\n\nipywidgets.IntSlider()\n```\n"
+    )
+    return tmp_path
+
+
+def test_the_site_workflow_executes_chapters_without_progress_bars(tmp_path):
+    """With the site workflow's own environment, training leaves no widget on the page; without it, the output
+    check catches the progress bar that a static page cannot draw."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "site.yml").read_text())
+    env = {k: v for k, v in workflow["jobs"]["build"]["env"].items() if "${{" not in str(v)}
+    env["JUPYTER_CONFIG_PATH"] = str(ROOT / ".ci" / "jupyter")
+    assert env.get("TQDM_DISABLE") == "1" and env.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+    with_site_env = _widget_project(tmp_path / "site-env")
+    result = build(with_site_env, "--execute", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    site_dir = with_site_env / "_build" / "site"
+    assert pages_without_outputs(site_dir) == [] and kernel_outputs(site_dir) == []
+    assert "42\\n" in (site_dir / "content" / "index.json").read_text()
+    plain = _widget_project(tmp_path / "plain")
+    build(plain, "--execute", env={**env, "TQDM_DISABLE": None})
+    assert kernel_outputs(plain / "_build" / "site") == ["/page.md: code cell 1 shows a widget that needs a kernel"]
 
 
 def test_bibliography_entries_are_unique_and_complete():

@@ -11,6 +11,13 @@
   were copied into the site and whose model carries the explorer's data (tokens and weights of
   the right size), as `tools/explorer_page.py` writes them.
 - **Per-page downloads.** Every chapter's page must offer its own notebook.
+- **Nothing asks for a kernel** (`--outputs`). A widget's output (a progress bar, a widget a cell
+  returns) is a `widget-view` that a static page cannot draw: the theme shows "a Jupyter kernel
+  connection is required" instead. Every shown output of that kind is reported.
+- **No empty code boxes.** A cell whose only lines are directives (`#| default_exp ...`) shows as
+  an empty box unless it is tagged `remove-cell`; every such cell left showing is reported.
+- **Numbers unique across the book.** Each chapter numbers its figures, equations and tables with
+  its own prefix (front matter `numbering: enumerator: "4.%s"`); two with the same number are reported.
 
     python tools/check_site.py [--outputs] [_build/site]
 
@@ -72,6 +79,51 @@ def pages_without_outputs(site: Path) -> list[str]:
         if cells and sum(_n_outputs(cell) for cell in cells) == 0:
             empty.append(location)
     return empty
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _shown(node: dict) -> bool:
+    return node.get("visibility") not in ("remove", "hide")
+
+
+def _code_blocks(mdast: dict) -> Iterator[dict]:
+    yield from (n for n in _nodes(mdast) if n.get("type") == "block" and n.get("kind") == "notebook-code")
+
+
+def kernel_outputs(site: Path) -> list[str]:
+    """`page: cell N` for every shown output that only a live kernel can draw (a widget view)."""
+    found = []
+    for location, mdast in _pages(site):
+        for number, block in enumerate(_code_blocks(mdast), start=1):
+            outputs = [c for c in block.get("children", []) if c.get("type") == "outputs" and _shown(c)]
+            data = [o.get("jupyter_data", {}).get("data", {}) for out in outputs for o in out.get("children", [])]
+            if _shown(block) and any(WIDGET_VIEW in d for d in data):
+                found.append(f"{location}: code cell {number} shows a widget that needs a kernel")
+    return found
+
+
+def empty_cells(site: Path) -> list[str]:
+    """`page: cell N` for every shown code cell with no code (its lines were all `#|` directives)."""
+    found = []
+    for location, mdast in _pages(site):
+        for number, block in enumerate(_code_blocks(mdast), start=1):
+            code = [c for c in block.get("children", []) if c.get("type") == "code"]
+            if _shown(block) and code and not any(c.get("value", "").strip() for c in code):
+                found.append(f"{location}: code cell {number} is empty on the page (tag it remove-cell)")
+    return found
+
+
+def duplicate_numbers(site: Path) -> list[str]:
+    """`kind number: pages` for every figure, equation or table number that two of them share across the book."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for location, mdast in _pages(site):
+        for node in _nodes(mdast):
+            kind = node.get("kind") if node.get("type") == "container" else node.get("type")
+            if kind in ("figure", "table", "math") and node.get("enumerator") and node.get("identifier"):
+                seen.setdefault((kind, node["enumerator"]), []).append(f"{location}#{node['identifier']}")
+    return [f"{kind} {number}: {', '.join(where)}" for (kind, number), where in sorted(seen.items()) if len(where) > 1]
 
 
 EXPLORER_PAGE = "/chapters/07_inside.md"
@@ -148,16 +200,20 @@ def main() -> None:
     args = parser.parse_args()
     problems = [f"broken link {link}" for link in broken_links(args.site)]
     problems += download_problems(args.site)
+    problems += empty_cells(args.site)
+    problems += [f"number used twice: {d}" for d in duplicate_numbers(args.site)]
     if any(location == EXPLORER_PAGE for location, _ in _pages(args.site)):
         problems += explorer_problems(args.site)
     if args.outputs:
         problems += [f"no outputs on {page} (did the execution run?)" for page in pages_without_outputs(args.site)]
+        problems += kernel_outputs(args.site)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         sys.exit(1)
-    checked = "links resolve, the explorer is live, each chapter offers its notebook"
-    checked += ", every page with code has outputs" if args.outputs else ""
+    checked = ("links resolve, the explorer is live, each chapter offers its notebook, no empty code cells, "
+               "numbers unique")
+    checked += ", every page with code has outputs and none needs a kernel" if args.outputs else ""
     print(f"site content in {args.site}: {checked}")
 
 
