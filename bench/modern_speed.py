@@ -1,4 +1,4 @@
-"""Chapter 05's preset against chapter 09's modern preset, for the same wall-clock budget; not a timed test.
+"""Chapter 05's preset against chapter 10's modern preset, for the same wall-clock budget; not a timed test.
 
 Each run is `train()` with a preset and `--time-budget` (what `nanogpt train --preset P --time-budget B`
 runs, the allocator setting included), in a fresh process with a fixed number of PyTorch threads. The
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import nanogpt_lib.muon  # noqa: F401 (registers the optimizer "muon" of the modern preset)
 from nanogpt_lib.data import prepare_dataset
 from nanogpt_lib.train import make_config, train
 

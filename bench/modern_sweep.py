@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+import nanogpt_lib.modern  # noqa: F401 (registers the model options: rope, norm, ...)
+import nanogpt_lib.muon  # noqa: F401 (registers the optimizer "muon" and the schedule "wsd")
 from nanogpt_lib import train as T
 from nanogpt_lib.data import prepare_dataset
 

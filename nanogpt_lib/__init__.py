@@ -6,6 +6,15 @@ module except `cli.py` is generated from a chapter; edit the chapter, not the mo
 
 __version__ = "0.1.0"
 
-from nanogpt_lib.device import pick_device, pick_precision, set_seed  # noqa: E402
-
 __all__ = ["__version__", "pick_device", "pick_precision", "set_seed"]
+_DEVICE_NAMES = ("pick_device", "pick_precision", "set_seed")
+
+
+def __getattr__(name: str):
+    """The re-exports of `nanogpt_lib.device`, imported on first use: it imports PyTorch, and importing
+    `nanogpt_lib` alone must not (`nanogpt sample --onnx` runs without it)."""
+    if name in _DEVICE_NAMES:
+        from nanogpt_lib import device
+
+        return getattr(device, name)
+    raise AttributeError(f"module 'nanogpt_lib' has no attribute {name!r}")

@@ -12,7 +12,6 @@ __all__ = [
 ]
 
 
-# chapters/03_attention.md, code cell 16
 import functools
 import math
 from typing import Protocol
@@ -21,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanogpt_lib.modern import RMSNorm, Rotary
 
-
+# chapters/03_attention.md, code cell 16
 class KVCacheProtocol(Protocol):
     """What attention needs from a key/value cache (chapter 06 builds one).
 
@@ -63,19 +61,10 @@ class CausalSelfAttention(nn.Module):
     With `return_weights=True` it computes the softmax explicitly and also returns the attention
     weights, (B, n_head, T, T_keys), for inspection. With a `cache` (see `KVCacheProtocol`) the keys
     and values of earlier positions come from the cache, and `layer` names this layer's slot in it.
-    Chapter 9's options: `rotary` (a `Rotary`) turns q and k by their positions (the cache then holds
-    keys already turned), `qk_norm` RMS-normalises each head's q and k first.
+    `heads(x, start)` gives the queries, keys and values of tokens at positions start, start + 1, ...
     """
 
-    def __init__(
-        self,
-        n_embd: int,
-        n_head: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        rotary: Rotary | None = None,
-        qk_norm: bool = False,
-    ) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
         if n_head <= 0 or n_embd <= 0 or n_embd % n_head != 0:
             raise ValueError(
@@ -87,9 +76,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
-        self.rotary = rotary
-        self.q_norm = RMSNorm(n_embd // n_head) if qk_norm else None
-        self.k_norm = RMSNorm(n_embd // n_head) if qk_norm else None
+
+    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of x (B, T, n_embd), each (B, n_head, T, head_dim); `start` is the position of x's first token."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim): the heads become a batch dimension
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
     def forward(
         self,
@@ -99,14 +92,7 @@ class CausalSelfAttention(nn.Module):
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim): the heads become a batch dimension
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q).type_as(v), self.k_norm(k).type_as(v)
-        if self.rotary is not None:
-            start = 0 if cache is None else cache.pos
-            q, k = self.rotary(q, start), self.rotary(k, start)
+        q, k, v = self.heads(x, 0 if cache is None else cache.pos)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         S = k.size(2)

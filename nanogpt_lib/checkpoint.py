@@ -13,22 +13,30 @@ __all__ = [
     "MAX_STATE_BYTES",
     "MAX_SIZES",
     "CheckpointError",
+    "encode_bytes",
+    "decode_bytes",
     "optimizer_to_files",
     "optimizer_from_files",
     "save_checkpoint",
     "copy_checkpoint",
     "read_state",
     "find_checkpoint",
+    "last_checkpoint",
+    "load_weights",
+    "load_moments",
     "load_checkpoint",
     "LOCK_FILE",
     "lock_out_dir",
     "unlock_out_dir",
     "RUN_FILES",
     "MANIFEST",
+    "prepare_out_dir",
+    "check_resumable",
+    "metrics_line",
+    "truncate_metrics",
+    "StopFlag",
 ]
 
-
-# chapters/A2_checkpoints.md, code cell 5
 
 import base64
 import errno
@@ -48,8 +56,9 @@ from torch import nn
 
 from nanogpt_lib.data import sha256_of, tokenizer_from_meta
 from nanogpt_lib.device import pick_device
-from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.model import GPT, GPTConfig, build_model, config_from_dict
 
+# chapters/A2_checkpoints.md, code cell 5
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; the output folder is not locked there
@@ -70,11 +79,11 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, truncated, or not a nanogpt checkpoint."""
 
 
-def _encode_bytes(t: torch.Tensor) -> str:
+def encode_bytes(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
 
-def _decode_bytes(s: str) -> torch.Tensor:
+def decode_bytes(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
 
@@ -376,7 +385,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def _last_checkpoint(out: Path) -> Path:
+def last_checkpoint(out: Path) -> Path:
     """The checkpoint to resume the run in `out` from, with the fields resuming needs."""
     folder = _choose(out / "last")
     if folder is None:
@@ -387,14 +396,15 @@ def _last_checkpoint(out: Path) -> Path:
 
 # chapters/A2_checkpoints.md, code cell 16
 def _model_config(state: dict[str, Any], path: Path) -> GPTConfig:
-    """The GPTConfig a `state.json` declares, refused before anything is built if its sizes are absurd."""
+    """The config a `state.json` declares, of the registered kind that knows its fields (`config_from_dict`:
+    GPT-2's, or a later chapter's), refused before anything is built if its sizes are absurd."""
     declared = state["model_config"]
     for key, limit in MAX_SIZES.items():
         value = declared.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             raise CheckpointError(f"{path}: model_config.{key} is {value:,}, beyond the limit of {limit:,}")
     try:
-        return GPTConfig.from_dict(declared)
+        return config_from_dict(declared)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: model_config does not describe a GPT ({e})") from e
 
@@ -422,7 +432,7 @@ def _check_header(model: nn.Module, file: Path) -> None:
 
 
 # chapters/A2_checkpoints.md, code cell 17
-def _load_weights(model: nn.Module, file: Path) -> None:
+def load_weights(model: nn.Module, file: Path) -> None:
     _check_header(model, file)
     try:
         load_model(model, str(file), strict=True)
@@ -430,7 +440,7 @@ def _load_weights(model: nn.Module, file: Path) -> None:
         raise CheckpointError(f"{file} does not hold weights for this model ({e})") from e
 
 
-def _load_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
+def load_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
     """Load the optimizer state of the checkpoint `file` belongs to (its tensors, and its JSON in `state.json`)."""
     try:
         tensors = load_file(str(file))
@@ -469,9 +479,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
             f"{config.vocab_size}: they come from different runs"
         )
     with torch.device("meta"):  # the declared model's shapes, without allocating its memory
-        _check_header(GPT(config), folder / "model.safetensors")
-    model = GPT(config)
-    _load_weights(model, folder / "model.safetensors")
+        _check_header(build_model(config), folder / "model.safetensors")
+    model = build_model(config)
+    load_weights(model, folder / "model.safetensors")
     model.to(pick_device(device)).eval()
     keys = ("step", "val_loss", "best_val_loss", "elapsed_s", "model_config", "train_config")
     info = {k: state.get(k) for k in keys} | {"path": str(folder)}
@@ -591,7 +601,7 @@ def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
 
 
 # chapters/A2_checkpoints.md, code cell 21
-def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict[str, Any] | None:
+def prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict[str, Any] | None:
     """Check and lock the output folder before anything is written; returns the state to resume from, if any.
 
     The first process (`rank` 0) holds the folder's lock until `unlock_out_dir(out)`, and writes the manifest.
@@ -600,11 +610,11 @@ def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict
     if resume and overwrite:
         raise ValueError("--resume continues the run in the output folder and --overwrite deletes it: pick one")
     if resume:
-        _last_checkpoint(out)  # nothing to resume: say so before creating anything
+        last_checkpoint(out)  # nothing to resume: say so before creating anything
     if rank != 0:  # the same checks as the first process, so that every process stops on the same error
         if not resume:
             _clear_for_new_run(out, overwrite, delete=False)
-        return read_state(_last_checkpoint(out)) if resume else None
+        return read_state(last_checkpoint(out)) if resume else None
     out.mkdir(parents=True, exist_ok=True)
     lock_out_dir(out)
     try:
@@ -613,7 +623,7 @@ def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict
             _write_manifest(out)
             return None
         _write_manifest(out)
-        folder = _last_checkpoint(out)
+        folder = last_checkpoint(out)
         state = read_state(folder)
         best = _choose(out / "best")
         if state.get("val_loss") is not None and state.get("val_loss") == state.get("best_val_loss") and (
@@ -626,7 +636,7 @@ def _prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict
         raise
 
 
-def _check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_spec: Any, folder: Path) -> None:
+def check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_spec: Any, folder: Path) -> None:
     """Refuse to resume the run in `folder` with another model or tokenizer (and release its lock)."""
     saved, new = state.get("model_config", {}), model_config.to_dict()  # both leave out options at their defaults
     # an option set on one side only counts too (a rotary model resumed without it); GPT-2's gelu_approx comes
@@ -644,12 +654,12 @@ def _check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_s
 
 
 # chapters/A2_checkpoints.md, code cell 22
-def _metrics_line(row: dict[str, Any]) -> str:
+def metrics_line(row: dict[str, Any]) -> str:
     """One line of `metrics.jsonl`: strict JSON, with a NaN or infinite number written as null."""
     return json.dumps(_finite(row), allow_nan=False) + "\n"
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop the metrics logged after `step` (by a run that went on past its last checkpoint).
 
     A damaged last line (a crash in the middle of writing it) is dropped with a warning; a damaged line
@@ -685,7 +695,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         raise OSError(e.errno, f"cannot rewrite {path}: {e.strerror or e}") from e
 
 
-class _StopFlag:
+class StopFlag:
     """Turns the first Ctrl-C or SIGTERM into a request to stop after the current step; a second one stops at once.
 
     SIGTERM is what `kill`, `timeout`, `docker stop` and batch schedulers send before they kill a process.
@@ -703,7 +713,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.requested, self.signal = True, signum
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         for signum in self.SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)

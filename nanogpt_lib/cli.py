@@ -109,14 +109,26 @@ def _pretrained_sizes(overrides: dict) -> dict:
     return {**overrides, **{k: str(v) for k, v in sizes.items()}}
 
 
-def _add_train(sub) -> None:
+def _register_kinds() -> None:
+    """Import the chapters that register kinds of model, optimizers and schedules, so that every flag and checkpoint
+    works: chapter 9's model (--rope, --norm, ...), chapter 10's optimizer and schedule (--optimizer muon)."""
+    import nanogpt_lib.modern  # noqa: F401
+    import nanogpt_lib.muon  # noqa: F401
+
+
+def _add_train(sub, full: bool = True) -> None:
+    help_text = "train a GPT on a prepared dataset"
+    if not full:  # the options come from the trainer, which imports PyTorch: declared only for `nanogpt train`
+        sub.add_parser("train", help=help_text)
+        return
     from dataclasses import fields
 
+    _register_kinds()
     from nanogpt_lib.train import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
 
     p = sub.add_parser(
         "train",
-        help="train a GPT on a prepared dataset",
+        help=help_text,
         description="Train a GPT on a folder written by `nanogpt prepare`. Any config field can be set with "
         "--<field> VALUE (hyphens or underscores).",
     )
@@ -144,7 +156,66 @@ def _add_train(sub) -> None:
     p.set_defaults(run=_train)
 
 
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt of `nanogpt sample`, after checking the counts: --prompt, or the text of --prompt-file."""
+    if args.max_new_tokens < 0 or args.num_samples < 1:
+        raise ValueError(
+            f"--max-new-tokens must be >= 0 and --num-samples >= 1, got {args.max_new_tokens} and {args.num_samples}"
+        )
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the prompt file {args.prompt_file}: {e}") from None
+
+
+def _onnx_module():
+    """nanogpt_lib.export (chapter 11), which needs the `onnx` extra."""
+    try:
+        import nanogpt_lib.export as export
+    except ImportError as e:
+        raise RuntimeError(f"ONNX needs the onnx extra ({e}): pip install 'nanogpt-lib[onnx]'") from None
+    return export
+
+
+def _sample_onnx(args: argparse.Namespace) -> int:
+    """`nanogpt sample --onnx FILE`: the exported graph in ONNX Runtime, with NumPy; PyTorch is never imported."""
+    if args.ckpt is not None:
+        raise ValueError("--onnx FILE samples from an exported graph, --ckpt DIR from a checkpoint: give one of them")
+    export = _onnx_module()
+    export.check_sampling_options(args.temperature, args.top_k, args.top_p)  # before loading anything
+    prompt = _prompt(args)
+    sampler, tokenizer = export.OnnxSampler(args.onnx), export.load_tokenizer(args.onnx)
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)  # one generator for every sample, as with --ckpt
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng)
+    if not args.stream:
+        texts = [""] * args.num_samples
+        n, stop = args.num_samples, args.stop
+        steps = export.onnx_texts(sampler, tokenizer, prompt, args.max_new_tokens, n, stop, **options)
+        for texts in steps:  # noqa: B007 - each step's texts so far; the last are the samples
+            pass
+        print(("\n" + "-" * 40 + "\n").join(prompt + text for text in texts))
+        return 0
+    for i in range(args.num_samples):
+        if i:
+            print("-" * 40)
+        print(prompt, end="", flush=True)
+        for piece in export.stream_onnx_text(sampler, tokenizer, prompt, args.max_new_tokens, args.stop, **options):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        return _sample_onnx(args)
+    if args.ckpt is None:
+        raise ValueError("give --ckpt DIR (a checkpoint, or a model in Hugging Face's format) or --onnx FILE "
+                         "(a graph written by `nanogpt export --format onnx`)")  # fmt: skip
     import torch
 
     from nanogpt_lib.device import pick_device
@@ -152,17 +223,8 @@ def _sample(args: argparse.Namespace) -> int:
     from nanogpt_lib.train import load_checkpoint
 
     check_sampling_args(args.temperature, args.top_k, args.top_p)  # refuse bad settings before loading anything
-    if args.max_new_tokens < 0 or args.num_samples < 1:
-        raise ValueError(
-            f"--max-new-tokens must be >= 0 and --num-samples >= 1, got {args.max_new_tokens} and {args.num_samples}"
-        )
-    prompt = args.prompt
-    if args.prompt_file is not None:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read the prompt file {args.prompt_file}: {e}") from None
+    prompt = _prompt(args)
+    _register_kinds()  # so that a checkpoint of chapter 9's model loads
     device = pick_device()
     from nanogpt_lib.pretrained import is_pretrained_source, load_pretrained_for_sampling
 
@@ -195,14 +257,19 @@ def _sample(args: argparse.Namespace) -> int:
 def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
-        help="generate text from a trained checkpoint",
-        description="Generate text from a checkpoint written by `nanogpt train`. An empty prompt (the default) "
-        "starts at the beginning of a line (a newline). --temperature 0 means greedy decoding: always the most "
-        "likely token. Several samples are printed one after another, separated by a line of dashes.",
+        help="generate text from a trained checkpoint or an exported ONNX graph",
+        description="Generate text from a checkpoint written by `nanogpt train` (--ckpt), or from a graph written "
+        "by `nanogpt export --format onnx` (--onnx: ONNX Runtime and NumPy, without PyTorch). An empty prompt (the "
+        "default) starts at the beginning of a line (a newline). --temperature 0 means greedy decoding: always the "
+        "most likely token. Several samples are printed one after another, separated by a line of dashes.",
     )
     p.add_argument(
-        "--ckpt", required=True, metavar="DIR", help="a run folder (uses best/, else last/), a checkpoint, a folder "
+        "--ckpt", metavar="DIR", help="a run folder (uses best/, else last/), a checkpoint, a folder "
         "in Hugging Face's format, or a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)",
+    )  # fmt: skip
+    p.add_argument(
+        "--onnx", metavar="FILE", help="instead of --ckpt: an exported graph (FILE.onnx, with FILE.tokenizer.json "
+        "beside it), run by ONNX Runtime; the same seed gives the same text there, not the text of --ckpt",
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="the text to continue (default: empty)")
@@ -221,22 +288,60 @@ def _add_sample(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        return _export_onnx(args)
+    if args.quantize:
+        raise ValueError("--quantize stores an ONNX graph's weights in 8 bits: use it with --format onnx")
     from nanogpt_lib.pretrained import export_checkpoint_hf
 
+    _register_kinds()
     out = export_checkpoint_hf(args.ckpt, args.out)
     print(f"wrote {out}: model.safetensors and config.json in Hugging Face's GPT-2 format")
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    """`nanogpt export --format onnx`: the checkpoint as an ONNX graph with a KV cache, its tokenizer beside it."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"with --format onnx, --out names the graph's file, FILE.onnx; got {args.out}")
+    export = _onnx_module()
+    from nanogpt_lib.checkpoint import load_checkpoint, read_state
+
+    _register_kinds()
+    model, _, info = load_checkpoint(args.ckpt, device="cpu")
+    tokenizer = read_state(info["path"]).get("tokenizer")
+    if not args.quantize:
+        export.export_onnx(model, out, tokenizer=tokenizer)
+    else:  # the float32 graph first, beside the 8-bit one, then removed
+        fp32 = out.with_name(f".{out.stem}.fp32.onnx")
+        try:
+            export.quantize_onnx(export.export_onnx(model, fp32, tokenizer=tokenizer), out)
+        finally:
+            for leftover in (fp32, export.tokenizer_file(fp32)):
+                leftover.unlink(missing_ok=True)
+    weights = "8-bit" if args.quantize else "float32"
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {weights} weights) and {export.tokenizer_file(out).name}")
+    return 0
+
+
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face's GPT-2)")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a folder transformers loads (default)")
+    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face's GPT-2, or ONNX)")
+    p.add_argument(
+        "--format", choices=["hf", "onnx"], default="hf", help="hf: a folder transformers loads (default); onnx: "
+        "a graph with a KV cache for ONNX Runtime, and its tokenizer beside it (FILE.tokenizer.json)",
+    )  # fmt: skip
     p.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (uses best/, else last/) or a checkpoint")
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.add_argument("--out", required=True, metavar="PATH", help="the folder to write (hf), or FILE.onnx (onnx)")
+    p.add_argument("--quantize", action="store_true", help="onnx: store the weights in 8 bits (about 4x smaller)")
     p.set_defaults(run=_export)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "train") -> argparse.ArgumentParser:
+    """The parser of `nanogpt`; `command`, the subcommand about to run, decides whether `train`'s many options
+    (from the trainer, which imports PyTorch) are declared: only for `train`."""
     parser = argparse.ArgumentParser(
         prog="nanogpt",
         description="Train and sample small GPT language models (the library of Build nanoGPT).",
@@ -244,14 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nanogpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prepare(sub)
-    _add_train(sub)
+    _add_train(sub, full=command == "train")
     _add_sample(sub)
     _add_export(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command=next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -23,8 +23,6 @@ __all__ = [
 ]
 
 
-# chapters/A1_data_engineering.md, code cell 3
-
 import codecs
 import errno
 import hashlib
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import regex
 
+# chapters/A1_data_engineering.md, code cell 3
 PIECE_CHARS = 1 << 18  # how much text is decoded, encoded and written at a time
 
 

@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-# chapters/00_setup.md, code cell 3
 import os
 import platform
 import random
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# chapters/00_setup.md, code cell 3
 DEVICE_ENV = "NANOGPT_DEVICE"
 PRECISION_ENV = "NANOGPT_PRECISION"
 DEVICE_KINDS = ("cuda", "mps", "cpu")

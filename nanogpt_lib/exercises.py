@@ -13,7 +13,6 @@ __all__ = [
 ]
 
 
-# chapters/A9_exercises.md, code cell 3
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 
+# chapters/A9_exercises.md, code cell 3
 def _as_array(x) -> np.ndarray | None:
     """`x` as a NumPy array when it is a tensor or an array, else None."""
     if isinstance(x, torch.Tensor):

@@ -6,43 +6,35 @@ from __future__ import annotations
 
 __all__ = [
     "GPTConfig",
-    "MODERN_OPTIONS",
-    "OPTIONAL_FIELDS",
-    "check_modern_options",
     "MLP",
-    "make_norm",
-    "make_mlp",
     "Block",
     "init_weights",
-    "build_transformer",
     "check_input",
     "GPT",
+    "MODELS",
+    "register_model",
+    "config_from_dict",
+    "build_model",
 ]
 
-
-# chapters/04_gpt.md, code cell 9
 
 import math
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nanogpt_lib.attention import CausalSelfAttention, KVCacheProtocol
-from nanogpt_lib.modern import ReLU2MLP, RMSNorm, Rotary, SwiGLUMLP, softcap
 
 
+# chapters/04_gpt.md, code cell 6
 @dataclass
 class GPTConfig:
-    """The shape of a GPT: vocabulary, context length, depth, heads, width, dropout, biases, GELU's form.
-
-    `gelu_approx` is PyTorch's `approximate` argument of GELU: "none" (exact, the default) or "tanh"
-    (GPT-2's own form, which its released weights were trained with; chapter 8 loads them).
-    The fields from `rope` on are chapter 9's options (see `check_modern_options`), each off by default.
-    """
+    """The shape of a GPT: vocabulary, context length, depth, heads, width, dropout, biases, and GELU's form
+    (`gelu_approx`: "none" for the exact GELU, the default, or "tanh", the form GPT-2's weights were trained with)."""
 
     vocab_size: int
     block_size: int
@@ -52,14 +44,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     gelu_approx: str = "none"
-    rope: bool = False  # rotary position embeddings instead of the learned table `wpe`
-    rope_base: float = 10000.0  # the rotary angles' base
-    norm: str = "layernorm"  # or "rmsnorm"
-    mlp: str = "gelu"  # or "relu2", "swiglu"
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys
-    tie_embeddings: bool = True  # False: the LM head is a matrix of its own
-    zero_init_proj: bool = False  # the output projections (and an untied head) start at zero
-    logit_softcap: float | None = None  # logits squashed to (-cap, cap)
+    OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ("gelu_approx",)  # left out of to_dict() at their defaults
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -81,7 +66,6 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
         if self.gelu_approx not in ("none", "tanh"):
             raise ValueError(f"GPTConfig.gelu_approx must be 'none' (exact GELU) or 'tanh', got {self.gelu_approx!r}")
-        check_modern_options(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -89,48 +73,19 @@ class GPTConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown GPTConfig field(s) {unknown}; the fields are {known}")
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; the fields are {known}")
         missing = [n for n in known[:5] if n not in d]
         if missing:
-            raise ValueError(f"GPTConfig needs {missing}; got only {sorted(d)}")
+            raise ValueError(f"{cls.__name__} needs {missing}; got only {sorted(d)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, the optional ones (`OPTIONAL_FIELDS`) only when they are not at their defaults."""
         default = {f.name: f.default for f in fields(self)}
-        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL_FIELDS or v != default[k]}
+        return {k: v for k, v in asdict(self).items() if k not in self.OPTIONAL_FIELDS or v != default[k]}
 
 
-# chapters/04_gpt.md, code cell 10
-MODERN_OPTIONS = ("rope", "rope_base", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init_proj", "logit_softcap")
-OPTIONAL_FIELDS = ("gelu_approx", *MODERN_OPTIONS)  # left out of to_dict() at their defaults
-
-
-def check_modern_options(c: GPTConfig) -> None:
-    """Raise ValueError, saying what is allowed, when one of chapter 9's options is out of range."""
-    for name in ("rope", "qk_norm", "tie_embeddings", "zero_init_proj"):
-        if not isinstance(getattr(c, name), bool):
-            raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(c, name)!r}")
-    if c.norm not in ("layernorm", "rmsnorm"):
-        raise ValueError(f"GPTConfig.norm must be 'layernorm' or 'rmsnorm', got {c.norm!r}")
-    if c.mlp not in ("gelu", "relu2", "swiglu"):
-        raise ValueError(f"GPTConfig.mlp must be 'gelu', 'relu2' or 'swiglu', got {c.mlp!r}")
-    if isinstance(c.rope_base, bool) or not isinstance(c.rope_base, Real) or not 1 < c.rope_base < math.inf:
-        raise ValueError(f"GPTConfig.rope_base must be a finite number above 1, got {c.rope_base!r}")
-    c.rope_base = float(c.rope_base)
-    if c.rope and (c.n_embd // c.n_head) % 2:
-        raise ValueError(
-            f"GPTConfig.rope turns pairs of numbers in each head, so the head size n_embd // n_head must be even, "
-            f"got {c.n_embd} // {c.n_head} = {c.n_embd // c.n_head}"
-        )
-    cap = c.logit_softcap
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, Real) or not 0 < cap < math.inf):
-        raise ValueError(f"GPTConfig.logit_softcap must be a positive number or None (no cap), got {cap!r}")
-    if cap is not None:
-        c.logit_softcap = float(cap)
-
-
-# chapters/04_gpt.md, code cell 13
+# chapters/04_gpt.md, code cell 9
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -145,29 +100,27 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-def make_norm(config: GPTConfig) -> nn.Module:
-    """The normalisation layer `config` asks for: LayerNorm (GPT-2) or RMSNorm (chapter 9)."""
-    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else nn.LayerNorm(config.n_embd, bias=config.bias)
-
-
-def make_mlp(config: GPTConfig) -> nn.Module:
-    """The MLP `config` asks for: GELU's (GPT-2), or ReLU²'s or SwiGLU's (chapter 9)."""
-    if config.mlp == "gelu":
-        return MLP(config)
-    return (ReLU2MLP if config.mlp == "relu2" else SwiGLUMLP)(config.n_embd, config.bias, config.dropout)
-
-
 class Block(nn.Module):
-    """A pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+    """A pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)); each part from its `make_*` method."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        c = config
-        rotary = Rotary(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.rope else None
-        self.ln_1 = make_norm(c)
-        self.attn = CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, rotary=rotary, qk_norm=c.qk_norm)
-        self.ln_2 = make_norm(c)
-        self.mlp = make_mlp(c)
+        self.ln_1 = self.make_norm(config)
+        self.attn = self.make_attention(config)
+        self.ln_2 = self.make_norm(config)
+        self.mlp = self.make_mlp(config)
+
+    @staticmethod
+    def make_norm(config: GPTConfig) -> nn.Module:
+        return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+    @staticmethod
+    def make_attention(config: GPTConfig) -> nn.Module:
+        return CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+
+    @staticmethod
+    def make_mlp(config: GPTConfig) -> nn.Module:
+        return MLP(config)
 
     def forward(
         self, x: torch.Tensor, layer: int = 0, cache: KVCacheProtocol | None = None, return_weights: bool = False
@@ -180,10 +133,10 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
-# chapters/04_gpt.md, code cell 14
+# chapters/04_gpt.md, code cell 10
 def init_weights(model: nn.Module, config: GPTConfig) -> None:
     """GPT-2's initialisation: weights normal(0, 0.02), biases zero, the residual projections `c_proj` with std
-    0.02/√(2·n_layer). With chapter 9's `zero_init_proj`, those projections and an untied head start at zero."""
+    0.02/√(2·n_layer)."""
 
     def normal(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -192,23 +145,9 @@ def init_weights(model: nn.Module, config: GPTConfig) -> None:
             nn.init.zeros_(module.bias)
 
     model.apply(normal)
-    # GPT-2: each block adds two projections to the residual stream; scale them so its variance stays put
     for name, p in model.named_parameters():
         if name.endswith("c_proj.weight"):
             nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-            if config.zero_init_proj:
-                nn.init.zeros_(p)
-    if config.zero_init_proj and not config.tie_embeddings:
-        nn.init.zeros_(model.lm_head.weight)
-
-
-def build_transformer(config: GPTConfig) -> nn.ModuleDict:
-    """The GPT's layers: token and (unless rotary, chapter 9) position embeddings, dropout, the blocks, a last norm."""
-    parts = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
-    if not config.rope:  # rotary embeddings turn q and k inside attention instead
-        parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-    blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-    return nn.ModuleDict(dict(**parts, drop=nn.Dropout(config.dropout), h=blocks, ln_f=make_norm(config)))
 
 
 def check_input(idx: torch.Tensor, start: int, block_size: int) -> None:
@@ -224,65 +163,71 @@ def check_input(idx: torch.Tensor, start: int, block_size: int) -> None:
         )
 
 
-# chapters/04_gpt.md, code cell 15
+# chapters/04_gpt.md, code cell 11
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
+    With a KV cache (chapter 06), new tokens start at `cache.pos`, which the caller, never the model, advances."""
 
-    `forward(idx, targets=None, cache=None, all_logits=False)` returns `(logits, loss)`. With `targets` (B, T)
-    the logits are (B, T, vocab_size) and the loss their mean cross-entropy (target -1 is ignored). Without
-    targets only the last position's logits are computed, (B, 1, vocab_size), and the loss is None: the next
-    token needs nothing more. `all_logits=True` asks for every position's logits anyway (as does
-    `lm_head(forward_hidden(idx))`). KV cache (chapter 06): `cache` (see `nanogpt_lib.attention.KVCacheProtocol`)
-    places the new tokens at `cache.pos`, each layer calls `cache.update` once, and the caller, never the model,
-    adds T to `cache.pos` after each forward. Chapter 9's options are `GPTConfig` fields.
-    """
+    config_class = GPTConfig
+    block = Block
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}; use GPTConfig.from_dict for a dict")
+        if type(config) is not self.config_class:
+            how = "use GPTConfig.from_dict for a dict" if isinstance(config, dict) else "build_model(config) picks it"
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}; {how}")  # fmt: skip
         self.config = config
-        self.transformer = build_transformer(config)
+        self.transformer = self.make_transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         init_weights(self, config)
+
+    def make_transformer(self, config: GPTConfig) -> nn.ModuleDict:
+        """The layers: token and position embeddings, dropout, the blocks, a last norm."""
+        wte, wpe = nn.Embedding(config.vocab_size, config.n_embd), nn.Embedding(config.block_size, config.n_embd)
+        blocks = nn.ModuleList(self.block(config) for _ in range(config.n_layer))
+        return nn.ModuleDict(dict(wte=wte, wpe=wpe, drop=nn.Dropout(config.dropout), h=blocks,
+                                  ln_f=self.block.make_norm(config)))  # fmt: skip
 
     def num_params(self) -> int:
         """Number of parameters; the tied embedding/LM-head matrix counts once."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N for the weights + 12·n_layer·n_embd·T for attention.
-        N leaves out the lookup tables (positions; tokens when the head is untied); T defaults to block_size."""
-        c, tr = self.config, self.transformer
-        lookups = (0 if c.rope else tr.wpe.weight.numel()) + (0 if c.tie_embeddings else tr.wte.weight.numel())
+        """Training FLOPs per token: 6 per weight (lookups aside) + 12·n_layer·n_embd·(seq_len or block_size)."""
+        c = self.config
+        lookups = sum(m.weight.numel() for m in self.modules()
+                      if isinstance(m, nn.Embedding) and m.weight is not self.lm_head.weight)  # fmt: skip
         return 6 * (self.num_params() - lookups) + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
-    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """Token + position embeddings of idx (B, T), whose first token is at position `start`, after dropout."""
         check_input(idx, start, self.config.block_size)
         x = self.transformer.wte(idx)
-        if not self.config.rope:
-            x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
+        x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
         return self.transformer.drop(x)
 
     def forward_hidden(self, idx: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """The final hidden states (B, T, n_embd), after the last LayerNorm: what the LM head reads."""
-        x = self._embed(idx, 0 if cache is None else cache.pos)
+        x = self.embed(idx, 0 if cache is None else cache.pos)
         for i, block in enumerate(self.transformer.h):
             x = block(x, i, cache)
         return self.transformer.ln_f(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the next token from final hidden states (..., n_embd)."""
+        return self.lm_head(x)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None,
         cache: KVCacheProtocol | None = None, all_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(logits, loss); without targets only the last position's logits, unless `all_logits`, and loss None."""
         x = self.forward_hidden(idx, cache)
         if targets is None and not all_logits:
             x = x[:, [-1], :]  # inference: only the next token's logits (the list index keeps the time axis)
-        logits = self.lm_head(x)
-        if self.config.logit_softcap is not None:
-            logits = softcap(logits, self.config.logit_softcap)
+        logits = self.head(x)
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
@@ -292,16 +237,40 @@ class GPT(nn.Module):
 
     def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention weights for `idx`, each (B, n_head, T, T); for looking inside."""
-        x = self._embed(idx, 0)
+        x = self.embed(idx, 0)
         weights = []
         for i, block in enumerate(self.transformer.h):
             x, w = block(x, i, return_weights=True)
             weights.append(w)
         return weights
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> GPT:
-        """GPT-2's released weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or a local folder in
-        Hugging Face's format, in this model; see `nanogpt_lib.pretrained.load_hf_gpt2` (chapter 8)."""
-        from nanogpt_lib.pretrained import load_hf_gpt2  # imported here: that module imports this one
-        return load_hf_gpt2(name_or_path, **kwargs)
+
+# chapters/04_gpt.md, code cell 12
+MODELS: dict[type, type] = {}  # config class -> model class; every kind of model registers itself
+
+
+def register_model(model_class: type) -> type:
+    """Add a model class (it names its `config_class`) to `MODELS`, so that saved models of its kind load."""
+    MODELS[model_class.config_class] = model_class
+    return model_class
+
+
+register_model(GPT)
+
+
+def config_from_dict(d: dict[str, Any]) -> GPTConfig:
+    """The config a dict describes (a checkpoint's, say), of the first registered kind that knows all its fields;
+    when none does, the error is that of the kind that knows the most of them (it names the unknown fields)."""
+    names = {cls: {f.name for f in fields(cls)} for cls in MODELS}
+    for cls, known in names.items():
+        if set(d) <= known:
+            return cls.from_dict(d)
+    return min(names, key=lambda cls: len(set(d) - names[cls])).from_dict(d)
+
+
+def build_model(config: GPTConfig) -> GPT:
+    """A freshly initialised model of the kind `config` describes."""
+    if type(config) not in MODELS:
+        raise TypeError(f"no model is registered for {type(config).__name__}; the kinds are "
+                        f"{[cls.__name__ for cls in MODELS]}")  # fmt: skip
+    return MODELS[type(config)](config)

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 __all__ = [
     "param_groups",
+    "adamw",
+    "OPTIMIZERS",
+    "register_optimizer",
     "make_optimizer",
     "lr_at",
+    "SCHEDULES",
+    "register_schedule",
     "train",
     "train_step",
     "TrainingDiverged",
@@ -43,26 +48,63 @@ __all__ = [
     "M_TRIM_THRESHOLD",
     "M_MMAP_THRESHOLD",
     "keep_freed_memory",
+    "run_ablation",
+    "ablation_text",
+    "plot_ablation",
 ]
 
 
-# chapters/05_training.md, code cell 4
-
+import ctypes
 import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
-from nanogpt_lib.checkpoint import _StopFlag, unlock_out_dir
-from nanogpt_lib.data import get_batch
-from nanogpt_lib.modern import Muon, muon_param_groups
+from nanogpt_lib.checkpoint import CHECKPOINT_FILES as CHECKPOINT_FILES
+from nanogpt_lib.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from nanogpt_lib.checkpoint import CHECKPOINT_VERSION as CHECKPOINT_VERSION
+from nanogpt_lib.checkpoint import RUN_FILES as RUN_FILES
+from nanogpt_lib.checkpoint import CheckpointError as CheckpointError
+from nanogpt_lib.checkpoint import (
+    StopFlag,
+    check_resumable,
+    copy_checkpoint,
+    decode_bytes,
+    encode_bytes,
+    last_checkpoint,
+    load_checkpoint,
+    load_moments,
+    load_weights,
+    lock_out_dir,
+    metrics_line,
+    prepare_out_dir,
+    read_state,
+    save_checkpoint,
+    truncate_metrics,
+    unlock_out_dir,
+)
+from nanogpt_lib.checkpoint import find_checkpoint as find_checkpoint
+from nanogpt_lib.data import get_batch, load_prepared, load_text, prepare_char_dataset
+from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
+from nanogpt_lib.model import GPT, MODELS, GPTConfig, config_from_dict
+from nanogpt_lib.pretrained import check_init_from, init_model
 
 
+# chapters/05_training.md, code cell 4
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: `weight_decay` on linear layers' weight matrices; none on biases, norms, embeddings."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
@@ -73,19 +115,37 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(
-    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
-    optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
+def adamw(
+    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99)
 ) -> torch.optim.Optimizer:
-    """PyTorch's AdamW over `param_groups`, fused where available; `optimizer="muon"`: chapter 9's Muon."""
-    if optimizer == "muon":
-        groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
-        return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
+    """PyTorch's AdamW over `param_groups`, fused where available."""
     groups = param_groups(model, weight_decay)
     try:
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or this torch
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+
+# name -> (maker, the names of its own options); the trainer picks its optimizer here by name
+OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], tuple[str, ...]]] = {"adamw": (adamw, ())}
+
+
+def register_optimizer(name: str, maker: Callable[..., torch.optim.Optimizer], options: tuple[str, ...] = ()) -> None:
+    """Make `maker(model, learning_rate, weight_decay, betas, **options)` the trainer's optimizer `name`."""
+    OPTIMIZERS[name] = (maker, tuple(options))
+
+
+def make_optimizer(
+    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
+    optimizer: str = "adamw", **options: Any,
+) -> torch.optim.Optimizer:
+    """The optimizer registered as `optimizer` (AdamW by default) for `model`, with that optimizer's `options`."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; the optimizers are {sorted(OPTIMIZERS)}")
+    maker, known = OPTIMIZERS[optimizer]
+    if set(options) - set(known):
+        raise ValueError(f"optimizer {optimizer!r} takes the options {list(known)}, got {sorted(options)}")
+    return maker(model, learning_rate, weight_decay, betas, **options)
 
 
 # chapters/05_training.md, code cell 6
@@ -100,6 +160,16 @@ def lr_at(
         progress = (step - warmup_iters) / max(1, decay_iters - warmup_iters)
     progress = min(max(progress, 0.0), 1.0)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+# name -> (schedule, the names of its own options), like OPTIMIZERS: the trainer picks its schedule here
+SCHEDULES: dict[str, tuple[Callable[..., float], tuple[str, ...]]] = {"cosine": (lr_at, ())}
+
+
+def register_schedule(name: str, schedule: Callable[..., float], options: tuple[str, ...] = ()) -> None:
+    """Make `schedule(step, learning_rate, min_lr, warmup_iters, decay_iters, *options, progress=...)` the
+    trainer's schedule `name`."""
+    SCHEDULES[name] = (schedule, tuple(options))
 
 
 # chapters/05_training.md, code cell 12
@@ -121,7 +191,7 @@ def train(
         raise
     stopped = ""
     try:
-        with _StopFlag() as flag:
+        with StopFlag() as flag:
             if run.step == 0:  # the untrained model's loss: the start of the curve
                 log_metrics(run, {"step": 0, "train_loss": None, "val_loss": validation_loss(run),
                                   "lr": learning_rate(run), "tokens_per_s": None, "elapsed_s": elapsed(run)})
@@ -152,8 +222,8 @@ def train_step(run: Run) -> None:
     """One optimizer step over `gradient_accumulation_steps` micro-batches; nothing here waits for the device."""
     t0, c = time.perf_counter(), run.config
     run.lr = learning_rate(run)
-    for group in run.optimizer.param_groups:  # Muon's groups (chapter 9) follow the schedule from their own peak
-        group["lr"] = c.muon_lr * (run.lr / c.learning_rate) if group.get("muon") else run.lr
+    for group in run.optimizer.param_groups:  # a group may ask for a multiple of the scheduled rate
+        group["lr"] = run.lr * group.get("lr_scale", 1.0)
     B, T, accum = c.batch_size, c.block_size, c.gradient_accumulation_steps
     x_all, y_all = get_batch(run.data.train, B * accum, T, run.device, generator=run.batches)
     mine = range(run.rank * accum // run.world, (run.rank + 1) * accum // run.world)  # this process's share
@@ -174,49 +244,6 @@ def train_step(run: Run) -> None:
     run.steps_since_log += 1
     run.tokens_since_log += B * accum * T
     run.step_cost = time.perf_counter() - t0
-
-
-# chapters/A3_trainer_engineering.md, code cell 3
-
-import ctypes
-import os
-import platform
-import shutil
-import sys
-import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import get_args, get_type_hints
-
-import torch.distributed as dist
-from tqdm.auto import tqdm
-
-from nanogpt_lib.checkpoint import CHECKPOINT_FILES as CHECKPOINT_FILES
-from nanogpt_lib.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
-from nanogpt_lib.checkpoint import CHECKPOINT_VERSION as CHECKPOINT_VERSION
-from nanogpt_lib.checkpoint import RUN_FILES as RUN_FILES
-from nanogpt_lib.checkpoint import CheckpointError as CheckpointError
-from nanogpt_lib.checkpoint import (
-    _check_resumable,
-    _decode_bytes,
-    _encode_bytes,
-    _last_checkpoint,
-    _load_moments,
-    _load_weights,
-    _metrics_line,
-    _prepare_out_dir,
-    _truncate_metrics,
-    copy_checkpoint,
-    load_checkpoint,
-    lock_out_dir,
-    read_state,
-    save_checkpoint,
-)
-from nanogpt_lib.checkpoint import find_checkpoint as find_checkpoint
-from nanogpt_lib.data import load_prepared, load_text, prepare_char_dataset
-from nanogpt_lib.device import Precision, free_memory, pick_device, pick_precision
-from nanogpt_lib.model import GPT, GPTConfig
-from nanogpt_lib.modern import wsd_at
-from nanogpt_lib.pretrained import check_init_from, init_model
 
 
 # chapters/A3_trainer_engineering.md, code cell 5
@@ -246,9 +273,9 @@ def _distributed() -> tuple[int, int, int]:
 
 def _gather_rng(device: torch.device, world: int) -> dict[str, list[str]]:
     """Every process's dropout-generator state (and CUDA's), as text."""
-    mine = {"torch": _encode_bytes(torch.get_rng_state())}
+    mine = {"torch": encode_bytes(torch.get_rng_state())}
     if device.type == "cuda":
-        mine["cuda"] = _encode_bytes(torch.cuda.get_rng_state(device))
+        mine["cuda"] = encode_bytes(torch.cuda.get_rng_state(device))
     everyone = [mine]
     if world > 1:
         everyone = [None] * world
@@ -319,15 +346,16 @@ def start_run(
     model_config = config.model_config(data.vocab_size)
     check_memory(config, model_config, device)
     out = Path(config.out_dir)
-    resumed = _prepare_out_dir(out, config, overwrite, rank)
+    resumed = prepare_out_dir(out, config, overwrite, rank)
     if resumed is not None:
-        _check_resumable(resumed, model_config, data.meta["tokenizer"], out)
+        check_resumable(resumed, model_config, data.meta["tokenizer"], out)
 
     torch.manual_seed(config.seed)
     raw = init_model(config.init_from, model_config, resumed).to(device)
     model_config = raw.config  # GPT-2's weights bring their own sizes (chapter 8)
+    options = {name: getattr(config, name) for name in OPTIMIZERS[config.optimizer][1]}  # e.g. Muon's (chapter 10)
     optimizer = make_optimizer(raw, config.learning_rate, config.weight_decay, (config.beta1, config.beta2),
-                               config.optimizer, config.muon_lr, config.muon_momentum)
+                               config.optimizer, **options)  # fmt: skip
     batches = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed + rank)  # dropout: different masks on every process
     val_x, val_y = fixed_windows(data.val, config.eval_iters * config.batch_size, config.block_size)
@@ -366,14 +394,14 @@ def _load_data(config: TrainConfig, world: int) -> Any:
 
 def _restore(run: Run, resumed: dict[str, Any]) -> None:
     """Load the weights, moments and generator states of the checkpoint in out/last over a fresh start."""
-    folder = _last_checkpoint(run.out)
-    _load_weights(run.raw, folder / "model.safetensors")
-    _load_moments(run.optimizer, folder / "optimizer.safetensors")
-    run.batches.set_state(_decode_bytes(resumed["rng"]["batches"]))
+    folder = last_checkpoint(run.out)
+    load_weights(run.raw, folder / "model.safetensors")
+    load_moments(run.optimizer, folder / "optimizer.safetensors")
+    run.batches.set_state(decode_bytes(resumed["rng"]["batches"]))
     if resumed.get("world_size") == run.world:  # the same processes: every dropout generator continues too
-        torch.set_rng_state(_decode_bytes(resumed["rng"]["torch"][run.rank]))
+        torch.set_rng_state(decode_bytes(resumed["rng"]["torch"][run.rank]))
         if run.device.type == "cuda" and "cuda" in resumed["rng"]:
-            torch.cuda.set_rng_state(_decode_bytes(resumed["rng"]["cuda"][run.rank]), run.device)
+            torch.cuda.set_rng_state(decode_bytes(resumed["rng"]["cuda"][run.rank]), run.device)
     run.step, run.best, run.saved = resumed["step"], resumed.get("best_val_loss"), resumed["step"]
     run.elapsed_before = resumed.get("elapsed_s", 0.0)
 
@@ -469,9 +497,9 @@ def learning_rate(run: Run) -> float:
         return c.learning_rate
     progress = elapsed(run) / (run.elapsed_before + c.time_budget) if c.time_budget else None
     decay_iters = c.lr_decay_iters or c.max_iters
-    if c.schedule == "wsd":  # warmup, stable, decay (chapter 9)
-        return wsd_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, c.cooldown_frac, progress)
-    return lr_at(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, progress)
+    schedule, options = SCHEDULES[c.schedule]  # cosine (chapter 5), or one a later chapter registered
+    extra = (getattr(c, name) for name in options)
+    return schedule(run.step, c.learning_rate, c.min_lr, c.warmup_iters, decay_iters, *extra, progress=progress)
 
 
 # chapters/A3_trainer_engineering.md, code cell 14
@@ -537,7 +565,7 @@ def save_run(run: Run, val_loss: float | None) -> None:
             "step": run.step, "elapsed_s": elapsed(run), "val_loss": val_loss, "best_val_loss": run.best,
             "model_config": run.model_config.to_dict(), "train_config": asdict(run.config),
             "tokenizer": run.data.meta["tokenizer"], "world_size": run.world,
-            "rng": {"batches": _encode_bytes(run.batches.get_state()), **rng},
+            "rng": {"batches": encode_bytes(run.batches.get_state()), **rng},
             "data": {"dir": str(run.config.data_dir), "source_sha256": run.data.meta.get("source_sha256")},
         }  # fmt: skip
         save_checkpoint(run.out / "last", run.raw, run.optimizer, state)
@@ -550,7 +578,7 @@ def save_run(run: Run, val_loss: float | None) -> None:
 def _open_log(run: Run, progress: bool | None) -> None:
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(run.out / "metrics.jsonl", run.step)
+        truncate_metrics(run.out / "metrics.jsonl", run.step)
         run.log_file = open(run.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
         show = progress if progress is not None else interactive and os.environ.get("TQDM_DISABLE") != "1"
@@ -574,7 +602,7 @@ def log_metrics(run: Run, row: dict[str, Any]) -> None:
         row.pop("val_loss", None)
     run.history.append(row)
     if run.log_file is not None:
-        run.log_file.write(_metrics_line(row))  # strict JSON: a non-finite number is written as null
+        run.log_file.write(metrics_line(row))  # strict JSON: a non-finite number is written as null
         run.log_file.flush()
         if run.callback is not None:
             run.callback(row)
@@ -633,7 +661,7 @@ class TrainConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = False
-    rope: bool = False  # chapter 9's model options (GPTConfig's), each off by default
+    rope: bool = False  # chapter 9's model options (ModernConfig's), each off by default
     rope_base: float = 10000.0
     norm: str = "layernorm"
     mlp: str = "gelu"
@@ -655,10 +683,10 @@ class TrainConfig:
     warmup_iters: int = 50
     lr_decay_iters: int | None = None
     min_lr: float = 3e-4
-    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 9)
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 10)
     muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
     muon_momentum: float = 0.95
-    schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 9)
+    schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 10)
     cooldown_frac: float = 0.2  # wsd: the fraction of the run spent decaying to min_lr
     # evaluation and logging
     eval_interval: int = 250
@@ -673,13 +701,14 @@ class TrainConfig:
         _check_config(self)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPT this run trains, for a dataset with `vocab_size` tokens."""
-        return GPTConfig(
-            vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-            n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-            rope=self.rope, rope_base=self.rope_base, norm=self.norm, mlp=self.mlp, qk_norm=self.qk_norm,
-            tie_embeddings=self.tie_embeddings, zero_init_proj=self.zero_init_proj, logit_softcap=self.logit_softcap,
-        )  # fmt: skip
+        """The model this run trains, for a dataset with `vocab_size` tokens: GPT-2's, or the registered kind
+        (`nanogpt_lib.model.MODELS`) whose config knows the model options this run sets."""
+        shape = dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
+                     n_embd=self.n_embd, dropout=self.dropout, bias=self.bias)  # fmt: skip
+        model_fields = {f.name for kind in MODELS for f in fields(kind)} - set(shape)
+        options = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name in model_fields and getattr(self, f.name) != f.default}  # fmt: skip
+        return config_from_dict({**shape, **options})
 
 
 # chapters/A3_trainer_engineering.md, code cell 18
@@ -714,8 +743,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"--time-budget must be a positive number of seconds, got {config.time_budget}")
     if config.lr_decay_iters is not None and config.lr_decay_iters < 1:
         raise ValueError(f"--lr-decay-iters must be at least 1, got {config.lr_decay_iters}")
-    _check_choice("optimizer", config.optimizer, ("adamw", "muon"))
-    _check_choice("schedule", config.schedule, ("cosine", "wsd"))
+    _check_choice("optimizer", config.optimizer, tuple(OPTIMIZERS))  # those registered (chapters 5 and 10)
+    _check_choice("schedule", config.schedule, tuple(SCHEDULES))
     if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or not 0 < config.cooldown_frac <= 1:
         raise ValueError(
             f"need --muon-lr > 0, 0 <= --muon-momentum < 1 and 0 < --cooldown-frac <= 1, got {config.muon_lr}, "
@@ -739,7 +768,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=64, learning_rate=1e-3, min_lr=1e-4, max_iters=5000, warmup_iters=100, eval_interval=250,
         eval_iters=200, log_interval=10,
     ),
-    # chapter 9: the one-minute CPU run with Muon on the hidden matrices, 3 layers on batches of 48 (with
+    # chapter 10: the one-minute CPU run with Muon on the hidden matrices, 3 layers on batches of 48 (with
     # Muon, more and larger steps beat depth in a minute; the cosine beat warmup-stable-decay), chosen by
     # fixed-step sweeps (bench/modern_sweep.py, bench/README.md)
     "shakespeare_char_modern": dict(
@@ -819,7 +848,7 @@ def make_config(preset: str | None = None, overrides: dict[str, Any] | None = No
 
 def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config saved in `out_dir/last`, set to resume, with `overrides` (say a larger max_iters) applied."""
-    state = read_state(_last_checkpoint(Path(out_dir)))
+    state = read_state(last_checkpoint(Path(out_dir)))
     saved = {f.name: state["train_config"][f.name] for f in fields(TrainConfig) if f.name in state["train_config"]}
     config = apply_overrides(TrainConfig(**saved), {**(overrides or {}), "out_dir": str(out_dir),
                                                     "init_from": "resume"})  # fmt: skip
@@ -886,7 +915,7 @@ def finished(config: TrainConfig) -> bool:
     A run with a time budget counts as finished once it has a checkpoint: its length is not known in advance.
     """
     try:
-        state = read_state(_last_checkpoint(Path(config.out_dir)))
+        state = read_state(last_checkpoint(Path(config.out_dir)))
     except (CheckpointError, OSError):  # no run, or one being rewritten under our eyes
         return False
     same = state.get("train_config") == asdict(config)
@@ -965,3 +994,62 @@ def keep_freed_memory() -> bool:
     libc = ctypes.CDLL(None)
     # order matters: a fixed trim threshold alone would switch off glibc's adaptive mmap threshold
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+# chapters/A3_trainer_engineering.md, code cell 34
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
+
+
+def run_ablation(
+    rows: list[tuple[str, dict[str, Any], int | None]], preset: str, common: dict[str, Any], out_dir: str | os.PathLike,
+    repeats: int = 2,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train each row (label, overrides of `preset`, index of its reference row or None) `repeats` times,
+    interleaved, with `common` overrides (a time budget, the data) on top; one run folder per row under `out_dir`.
+
+    Returns a dict per row: label, median tokens/s and steps, the validation loss's median, min and max, and
+    its verdict against its reference row ("+0.012", or "no change (within the spread)").
+    """
+    runs: list[list[TrainResult]] = [[] for _ in rows]
+    for _ in range(repeats):  # interleaved: every row once per round
+        for i, (_, overrides, _) in enumerate(rows):
+            config = make_config(preset, {**overrides, **common, "out_dir": str(Path(out_dir) / str(i))})
+            runs[i].append(train(config, overwrite=True, progress=False))
+    table: list[dict[str, Any]] = []
+    for (label, _, reference), results in zip(rows, runs, strict=True):
+        low, mid, high = _spread([r.val_loss for r in results])
+        verdict = ""
+        if reference is not None:
+            ref = table[reference]
+            delta, noise = mid - ref["val_loss"], max(high - low, ref["high"] - ref["low"])
+            verdict = f"{delta:+.3f}" if abs(delta) > noise else "no change (within the spread)"
+        table.append(dict(label=label, tokens_per_s=statistics.median(r.tokens_per_s for r in results),
+                          steps=statistics.median(r.step for r in results), val_loss=mid, low=low, high=high,
+                          verdict=verdict, runs=results))  # fmt: skip
+    return table
+
+
+def ablation_text(table: list[dict[str, Any]]) -> str:
+    """The table of `run_ablation` as aligned text, one line per row."""
+    lines = [f"{'change':58} {'tokens/s':>9} {'steps':>6} {'val loss (min-max)':>22}  vs its reference row"]
+    for r in table:
+        lines.append(f"{r['label'][:58]:58} {r['tokens_per_s']:9,.0f} {r['steps']:6.0f} {r['val_loss']:8.3f} "
+                     f"({r['low']:.3f}-{r['high']:.3f})  {r['verdict']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_ablation(table: list[dict[str, Any]], reference: int, xlabel: str) -> Any:
+    """Each row's median validation loss and range as a dot and bar, the `reference` row's median dashed."""
+    import matplotlib.pyplot as plt  # imported here: plotting is optional for the library
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1))
+    for y, r in enumerate(table):
+        ax.errorbar(r["val_loss"], y, xerr=[[r["val_loss"] - r["low"]], [r["high"] - r["val_loss"]]], fmt="o",
+                    color="C0", capsize=3)  # fmt: skip
+    ax.axvline(table[reference]["val_loss"], color="0.6", ls="--", lw=1, label=f"row {reference + 1}, median")
+    ax.set_yticks(range(len(table)), [r["label"][:45] for r in table])
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_xlabel(xlabel)
+    return ax

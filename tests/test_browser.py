@@ -208,12 +208,9 @@ def wait_for_run(page, timeout_s: float) -> None:
     pytest.fail("the chapter did not finish running in time (screenshot: build/screenshots/lab_timeout.png)")
 
 
-def test_explorer_in_jupyterlab(browser, lab):
-    base, token = lab
-    errors: list[str] = []
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    watch(page, errors)
-    page.goto(f"{base}/lab/tree/chapters/{CHAPTER.name}?token={token}")
+def run_all_in_lab(page, url: str, timeout_s: float) -> None:
+    """Open the notebook at `url` in JupyterLab, take its Python 3 kernel, run all its cells and wait for them."""
+    page.goto(url)
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
     accept = page.locator(".jp-Dialog button.jp-mod-accept")  # "Select Kernel": take the notebook's python3
     kernel = page.locator(".jp-Toolbar-kernelName", has_text="Python 3")
@@ -224,7 +221,15 @@ def test_explorer_in_jupyterlab(browser, lab):
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-    wait_for_run(page, RUN_TIMEOUT_S)
+    wait_for_run(page, timeout_s)
+
+
+def test_explorer_in_jupyterlab(browser, lab):
+    base, token = lab
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    watch(page, errors)
+    run_all_in_lab(page, f"{base}/lab/tree/chapters/{CHAPTER.name}?token={token}", RUN_TIMEOUT_S)
 
     root = page.locator(".nge-root")
     assert root.count() == 1
@@ -377,6 +382,29 @@ document.body.dataset.rendered = 'yes';
 </script></body></html>"""
 
 
+def built_anywidget(root: Path, page: str, include: str) -> tuple[dict, dict]:
+    """Build a one-page site in `root` whose page includes `include` (`myst build --site --strict`, the stand-in
+    template); return its one `anywidget` node and the page's JSON."""
+    import json
+
+    (root / "myst.yml").write_text(f"version: 1\nproject:\n  title: t\n  toc:\n    - file: {page}\n"
+                                   f"site:\n  template: {ROOT / '.ci' / 'site-template'}\n")  # fmt: skip
+    (root / page).parent.mkdir(parents=True, exist_ok=True)
+    (root / page).write_text(f"# A page\n\n```{{include}} {include}\n```\n")
+    myst = shutil.which("myst") or str(Path(sys.executable).parent / "myst")
+    built = subprocess.run([myst, "build", "--site", "--strict"], cwd=root, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "NO_COLOR": "1"})  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    content = json.loads(next((root / "_build" / "site" / "content").glob("*.json")).read_text())
+    stack, nodes = [content["mdast"]], []
+    while stack:
+        node = stack.pop()
+        nodes += [node] if node.get("type") == "anywidget" else []
+        stack += node.get("children", [])
+    (node,) = nodes
+    return node, content
+
+
 def test_explorer_node_of_the_built_site_renders(browser, tmp_path):
     """Chapter 7's {anywidget} node as MyST builds it (tools/explorer_page.py, then `myst build --site`): its
     module, CSS and data, served from the built site, render an explorer that responds to the reader."""
@@ -409,20 +437,7 @@ def test_explorer_node_of_the_built_site_renders(browser, tmp_path):
         state = {"step": step, "model_config": config.to_dict(), "tokenizer": tok.to_dict()}
         save_checkpoint(root / "build" / "07_inside" / folder, model, torch.optim.AdamW(model.parameters()), state)
     write_explorer_page(root)
-    (root / "myst.yml").write_text(f"version: 1\nproject:\n  title: t\n  toc:\n    - file: chapters/page.md\n"
-                                   f"site:\n  template: {ROOT / '.ci' / 'site-template'}\n")
-    (root / "chapters" / "page.md").write_text("# Explorer\n\n```{include} ../_build/explorer/07_inside.md\n```\n")
-    myst = shutil.which("myst") or str(Path(sys.executable).parent / "myst")
-    built = subprocess.run([myst, "build", "--site", "--strict"], cwd=root, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "NO_COLOR": "1"})
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    content = json.loads(next((root / "_build" / "site" / "content").glob("*.json")).read_text())
-    stack, nodes = [content["mdast"]], []
-    while stack:
-        node = stack.pop()
-        nodes += [node] if node.get("type") == "anywidget" else []
-        stack += node.get("children", [])
-    (node,) = nodes
+    node, _ = built_anywidget(root, "chapters/page.md", "../_build/explorer/07_inside.md")
     public = root / "_build" / "site" / "public"
     (public / "host.html").write_text(SITE_HOST.replace("NODE", json.dumps(node).replace("</", "<\\/")))
 

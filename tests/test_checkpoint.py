@@ -16,7 +16,7 @@ from nanogpt_lib import checkpoint as C
 from nanogpt_lib import cli
 from nanogpt_lib import train as T
 from nanogpt_lib.data import CharTokenizer
-from nanogpt_lib.model import GPT, GPTConfig
+from nanogpt_lib.model import GPT, GPTConfig, build_model
 
 TOKENIZER = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters
 SMALL = GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -90,8 +90,8 @@ def test_any_optimizer_resumes_bit_exactly(tmp_path, name):
     torch.manual_seed(1)  # different initial weights: everything must come from the files
     resumed = GPT(SMALL)
     second = OPTIMIZERS[name](resumed)
-    C._load_weights(resumed, folder / "model.safetensors")
-    C._load_moments(second, folder / "optimizer.safetensors")
+    C.load_weights(resumed, folder / "model.safetensors")
+    C.load_moments(second, folder / "optimizer.safetensors")
     assert second.state_dict()["param_groups"] == first.state_dict()["param_groups"]  # tuples stay tuples
     steps(resumed, second, batches[3:])
     a, b = straight.state_dict(), resumed.state_dict()
@@ -149,7 +149,7 @@ def test_a_version_1_checkpoint_still_resumes(tmp_path):
     (folder / "state.json").write_text(json.dumps(state))
     fresh = T.make_optimizer(GPT(SMALL), 1e-2, 0.1)
     C.read_state(folder)
-    C._load_moments(fresh, folder / "optimizer.safetensors")
+    C.load_moments(fresh, folder / "optimizer.safetensors")
     assert all(torch.equal(fresh.state_dict()["state"][i]["exp_avg"], s["exp_avg"])
                for i, s in opt.state_dict()["state"].items())  # fmt: skip
 
@@ -196,14 +196,14 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
 
 
 def constructions(monkeypatch) -> list[str]:
-    """Record the default device at each GPT construction inside the checkpoint module."""
+    """Record the default device at each model construction inside the checkpoint module."""
     devices = []
 
     def recording(config):
         devices.append(torch.empty(0).device.type)
-        return GPT(config)
+        return build_model(config)
 
-    monkeypatch.setattr(C, "GPT", recording)
+    monkeypatch.setattr(C, "build_model", recording)
     return devices
 
 
@@ -272,7 +272,7 @@ def test_overwrite_recognises_a_run_from_before_the_manifest(data_dir, tmp_path)
 
 
 def test_metrics_are_strict_json(data_dir, tmp_path, monkeypatch):
-    assert strict(C._metrics_line({"step": 1, "val_loss": float("nan"), "lr": float("inf")})) == {
+    assert strict(C.metrics_line({"step": 1, "val_loss": float("nan"), "lr": float("inf")})) == {
         "step": 1, "val_loss": None, "lr": None}  # fmt: skip
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, clip: torch.tensor(float("inf")))
     out = tmp_path / "run"
@@ -352,7 +352,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(data_dir
         first.kill()  # SIGKILL: no clean-up, its lock file stays behind
         first.communicate(timeout=60)
     assert (out / C.LOCK_FILE).read_text().strip() == str(first.pid)
-    stopped = json.loads((T._last_checkpoint(out) / "state.json").read_text())["step"]
+    stopped = json.loads((T.last_checkpoint(out) / "state.json").read_text())["step"]
     code, err = nanogpt(capsys, "train", "--resume", "--out", str(out), "--max-iters", str(stopped + 1))
     assert code == 0, err
     assert not (out / C.LOCK_FILE).exists()

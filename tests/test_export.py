@@ -1,5 +1,6 @@
 """The exporter: chapters -> nanogpt_lib modules, and the drift check CI relies on."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -159,7 +160,28 @@ def test_each_exported_cell_names_its_origin(book: Path):
         assert marker in code_cells[number - 1]
         origin = f"# chapters/00_demo.md, code cell {number}\n"
         assert origin in text and text.index(origin) < text.index(marker)
-        assert text[text.index(origin) + len(origin) :].startswith(code_cells[number - 1].split("\n", 1)[1][:20])
+        code = code_cells[number - 1].split("\n", 1)[1]
+        code = "\n".join(line for line in code.splitlines() if not line.startswith(("import ", "from "))).strip()
+        assert text[text.index(origin) + len(origin) :].startswith(code[:20])  # its imports are at the top
+
+
+def test_imports_are_gathered_into_one_block_at_the_top(tmp_path: Path):
+    """Imports of every cell and chapter of a module: one block, deduplicated, merged, sorted, comments kept."""
+    chapter(tmp_path, "01_a.md", "#| default_exp m",
+            "#| export\nimport os\nfrom pathlib import Path\n\nHOME = Path(os.sep)",
+            "#| export\nimport math\nfrom typing import Any\n\ndef f(x: Any) -> float:\n    return math.sqrt(x)")
+    chapter(tmp_path, "A1_b.md", "#| default_exp m",
+            "#| export\nimport os\nfrom typing import Callable  # noqa: UP035 (kept as written)\n\n"
+            "def g(h: Callable) -> str:\n    return os.sep")  # fmt: skip
+    ex.export(tmp_path)
+    text = (tmp_path / "nanogpt_lib" / "m.py").read_text()
+    block = ("import math\nimport os\nfrom pathlib import Path\n"
+             "from typing import Any, Callable  # noqa: UP035 (kept as written)")
+    assert block in text and text.count("import os") == 1
+    assert text.index(block) < text.index("# chapters/01_a.md, code cell 2") < text.index("# chapters/A1_b.md")
+    namespace: dict = {}
+    exec(compile(text, "m.py", "exec"), namespace)
+    assert namespace["f"](9) == 3.0 and namespace["g"](None) == os.sep
 
 
 def test_a_traceback_from_the_library_leads_to_the_chapter(tmp_path: Path):

@@ -13,8 +13,20 @@ from nanogpt_lib import viz
 from nanogpt_lib.cli import main
 from nanogpt_lib.data import CharTokenizer
 from nanogpt_lib.generate import KVCache, generate, next_token_logits
-from nanogpt_lib.model import GPT, MODERN_OPTIONS, GPTConfig
-from nanogpt_lib.modern import ReLU2MLP, RMSNorm, Rotary, SwiGLUMLP, apply_rotary, rotary_tables, softcap, swiglu_hidden
+from nanogpt_lib.model import GPT, GPTConfig, config_from_dict
+from nanogpt_lib.modern import (
+    MODERN_OPTIONS,
+    ModernConfig,
+    ModernGPT,
+    ReLU2MLP,
+    RMSNorm,
+    Rotary,
+    SwiGLUMLP,
+    apply_rotary,
+    rotary_tables,
+    softcap,
+    swiglu_hidden,
+)
 from nanogpt_lib.pretrained import PretrainedError, export_hf
 
 V, BLOCK = 37, 16
@@ -48,7 +60,7 @@ TRAIN_OVERRIDES = {  # the options as `nanogpt train` flags take them (text), an
 def make(options: dict, seed: int = 0) -> GPT:
     """A small model with `options`, its weights perturbed so that zero-initialised parts compute something too."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**SIZES, **options)).eval()
+    model = ModernGPT(ModernConfig(**SIZES, **options)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -149,16 +161,16 @@ def test_default_config_dict_is_gpt2_s_and_options_appear_only_when_set():
     core = ["vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"]
     assert list(GPTConfig(**SIZES).to_dict()) == core
     for options in OPTIONS.values():
-        config = GPTConfig(**SIZES, **options)
+        config = ModernConfig(**SIZES, **options)
         assert config.to_dict() == {**GPTConfig(**SIZES).to_dict(), **options}
-        assert GPTConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+        assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config  # a checkpoint's round trip
 
 
 def test_default_model_has_gpt2_s_parameters_and_no_new_modules():
     model = GPT(GPTConfig(**SIZES))
     assert model.lm_head.weight is model.transformer.wte.weight and "transformer.wpe.weight" in model.state_dict()
     assert not any(isinstance(m, (RMSNorm, Rotary, SwiGLUMLP, ReLU2MLP)) for m in model.modules())
-    assert GPT(GPTConfig(**SIZES, rope=True)).state_dict().keys() == model.state_dict().keys() - {
+    assert ModernGPT(ModernConfig(**SIZES, rope=True)).state_dict().keys() == model.state_dict().keys() - {
         "transformer.wpe.weight"
     }  # the rotary tables are recomputed, never saved
 
@@ -166,19 +178,19 @@ def test_default_model_has_gpt2_s_parameters_and_no_new_modules():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(rope="yes"), "GPTConfig.rope must be True or False"),
-        (dict(norm="batchnorm"), "GPTConfig.norm must be 'layernorm' or 'rmsnorm'"),
-        (dict(mlp="geglu"), "GPTConfig.mlp must be 'gelu', 'relu2' or 'swiglu'"),
+        (dict(rope="yes"), "ModernConfig.rope must be True or False"),
+        (dict(norm="batchnorm"), "ModernConfig.norm must be 'layernorm' or 'rmsnorm'"),
+        (dict(mlp="geglu"), "ModernConfig.mlp must be 'gelu', 'relu2' or 'swiglu'"),
         (dict(rope_base=1.0), "rope_base must be a finite number above 1"),
         (dict(logit_softcap=0), "logit_softcap must be a positive number or None"),
         (dict(logit_softcap=float("inf")), "logit_softcap must be a positive number or None"),
-        (dict(qk_norm=1), "GPTConfig.qk_norm must be True or False"),
+        (dict(qk_norm=1), "ModernConfig.qk_norm must be True or False"),
         (dict(rope=True, n_embd=36, n_head=4), "head size n_embd // n_head must be even, got 36 // 4 = 9"),
     ],
 )
 def test_bad_options_are_refused_with_what_is_allowed(options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        GPTConfig(**{**SIZES, **options})
+        ModernConfig(**{**SIZES, **options})
 
 
 # --- the model with each option -----------------------------------------------------------------
@@ -260,24 +272,26 @@ def test_options_run_under_bf16_autocast_and_in_bf16(name):
             cache = KVCache.for_model(model)
             step = [next_token_logits(model, idx[:, :t], cache) for t in range(4, BLOCK + 1)]
         half = model.to(torch.bfloat16)(idx, all_logits=True)[0]
-    for got in (auto, half):
-        torch.testing.assert_close(got.float(), ref, atol=0.25, rtol=0.05)
-    torch.testing.assert_close(torch.stack(step).float(), ref[:, 3:].transpose(0, 1), atol=0.25, rtol=0.05)
+    # bf16 keeps 8 bits of mantissa: through two perturbed layers the logits move by 1-2% as a whole, and a rare
+    # logit by a few tenths; a wrong computation moves them by tens of percent
+    for got, want in ((auto, ref), (half, ref), (torch.stack(step), ref[:, 3:].transpose(0, 1))):
+        error = got.float() - want
+        assert error.norm() / want.norm() < 0.04 and error.abs().max() < 0.5, (name, error.abs().max().item())
 
 
 def test_zero_initialised_projections_and_head_start_at_the_uniform_guess():
-    model = GPT(GPTConfig(**SIZES, tie_embeddings=False, zero_init_proj=True))
+    model = ModernGPT(ModernConfig(**SIZES, tie_embeddings=False, zero_init_proj=True))
     zero = [n for n, p in model.named_parameters() if p.dim() == 2 and not p.any()]
     assert sorted(zero) == sorted([f"transformer.h.{i}.{m}.c_proj.weight" for i in range(2) for m in ("attn", "mlp")]
                                   + ["lm_head.weight"])  # fmt: skip
     idx = tokens(2, BLOCK)
     assert model(idx, idx)[1].item() == pytest.approx(math.log(V), abs=1e-6)
-    tied = GPT(GPTConfig(**SIZES, zero_init_proj=True))  # tied: the head is the embedding, which must not be zero
+    tied = ModernGPT(ModernConfig(**SIZES, zero_init_proj=True))  # tied: the head is the embedding
     assert tied.lm_head.weight is tied.transformer.wte.weight and tied.lm_head.weight.std() > 0.01
 
 
 def test_weight_decay_groups_put_norm_gains_aside_and_decay_an_untied_head():
-    model = GPT(GPTConfig(**SIZES, **OPTIONS["all"]))
+    model = ModernGPT(ModernConfig(**SIZES, **OPTIONS["all"]))
     decay, no_decay = (set(map(id, g["params"])) for g in T.param_groups(model, 0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     assert id(model.lm_head.weight) in decay and id(model.transformer.wte.weight) in no_decay
@@ -356,7 +370,7 @@ def test_resume_refuses_an_option_changed_either_way(data_dir, tmp_path):
 
 def test_unknown_model_option_on_the_command_line_is_refused(capsys):
     assert main(["train", "--mlp", "geglu", "--max-iters", "1"]) != 0
-    assert "GPTConfig.mlp must be 'gelu', 'relu2' or 'swiglu'" in capsys.readouterr().err
+    assert "ModernConfig.mlp must be 'gelu', 'relu2' or 'swiglu'" in capsys.readouterr().err
 
 
 def test_an_option_changes_the_model():

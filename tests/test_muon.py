@@ -13,7 +13,7 @@ from nanogpt_lib import cli
 from nanogpt_lib import train as T
 from nanogpt_lib.device import cpu_has_native_bf16
 from nanogpt_lib.model import GPT, GPTConfig
-from nanogpt_lib.modern import NS_COEFFICIENTS, Muon, muon_param_groups, newton_schulz, ns_precision, wsd_at
+from nanogpt_lib.muon import NS_COEFFICIENTS, Muon, muon_param_groups, newton_schulz, ns_precision, wsd_at
 
 
 def quintic(s: torch.Tensor, steps: int = 5) -> torch.Tensor:

@@ -61,7 +61,7 @@ def assert_same_model(ours: GPT, theirs: GPT2LMHeadModel) -> None:
 
 def test_loads_safetensors_with_the_references_logits_and_greedy_text(hf_folder):
     folder, theirs = hf_folder
-    ours = GPT.from_pretrained(str(folder))
+    ours = load_hf_gpt2(str(folder))
     assert ours.config == GPTConfig(VOCAB, 32, 2, 2, 64, gelu_approx="tanh")
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert_same_model(ours, theirs)
@@ -190,9 +190,9 @@ def test_no_network_says_what_to_do(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     monkeypatch.delenv(pretrained.GPT2_DIR_ENV, raising=False)
     with pytest.raises(PretrainedError, match=r"no network.*[Dd]ownload the folder elsewhere and pass its path"):
-        GPT.from_pretrained("gpt2-medium")
+        load_hf_gpt2("gpt2-medium")
     with pytest.raises(PretrainedError, match="neither a folder nor one of gpt2"):
-        GPT.from_pretrained("gpt3")
+        load_hf_gpt2("gpt3")
 
 
 def test_a_name_is_found_in_the_local_folder_first(hf_folder, monkeypatch):
@@ -201,7 +201,7 @@ def test_a_name_is_found_in_the_local_folder_first(hf_folder, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("must not download"))
     monkeypatch.setenv(pretrained.GPT2_DIR_ENV, str(folder))
-    assert_same_model(GPT.from_pretrained("gpt2"), theirs)
+    assert_same_model(load_hf_gpt2("gpt2"), theirs)
 
 
 def test_init_model_for_finetuning(hf_folder):

@@ -34,13 +34,15 @@ from check_site import (  # noqa: E402
     kernel_outputs,
     page_data,
     pages_without_outputs,
+    playground_problems,
 )
 from explorer_page import chapter_prompt, longest_run, write_explorer_page  # noqa: E402
+from playground_page import write_playground_page  # noqa: E402
 from site_notebooks import write_notebooks  # noqa: E402
 
 TEMPLATE = ROOT / ".ci" / "site-template"
 SKIP_DIRS = {".git", ".venv", "build", "_build", "out", "runs", "node_modules", "__pycache__"}
-EXERCISED = [f"chapters/0{n}_" for n in range(9)] + ["chapters/A1_", "chapters/A2_"]  # later ones join as they land
+EXERCISED = [f"chapters/{n:02d}_" for n in range(12)] + [f"chapters/A{n}_" for n in range(1, 9)]  # A9 is the checker
 
 
 def _myst() -> str:
@@ -71,6 +73,7 @@ def copy_project(dest: Path) -> Path:
     (dest / "myst.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_notebooks(dest)
     write_explorer_page(dest)  # no checkpoints in the copy (build/ is skipped): a small untrained model
+    write_playground_page(dest, base_url="")  # likewise: an untrained model's graph
     return dest
 
 
@@ -191,6 +194,13 @@ def test_chapter_07_embeds_the_live_explorer(site):
     page = json.dumps(page_data(site_dir, "/chapters/07_inside.md"), separators=(",", ":"))
     assert "untrained model" in page, "without checkpoints the page must say it shows an untrained model"
     assert '"identifier":"fig-explorer-live"' in page
+
+
+def test_chapter_11_embeds_the_live_playground(site):
+    project, _ = site
+    assert playground_problems(project / "_build" / "site") == []
+    page = json.dumps(page_data(project / "_build" / "site", "/chapters/11_anywhere.md"), separators=(",", ":"))
+    assert "untrained model" in page and '"identifier":"fig-playground-live"' in page
 
 
 def test_the_explorer_check_fails_without_the_data_or_the_module(site, tmp_path):

@@ -7,6 +7,9 @@
   chapters through a Jupyter server; when that server cannot start (as root without
   `allow_root`, see .ci/jupyter/), MyST still writes every page, only without outputs. Every
   page that has code cells but not a single output is reported.
+- **Chapter 11's playground.** Its page must hold an `{anywidget}` node with the package's
+  `playground.js`, the graph's sizes, a character tokenizer of the graph's vocabulary, and the URLs of
+  the graph and ONNX Runtime Web's files (which the site workflow copies beside the pages).
 - **Chapter 7's live explorer.** Its page must hold an `{anywidget}` node whose ES module and CSS
   were copied into the site and whose model carries the explorer's data (tokens and weights of
   the right size), as `tools/explorer_page.py` writes them.
@@ -168,6 +171,30 @@ def explorer_problems(site: Path, location: str = EXPLORER_PAGE) -> list[str]:
     return problems
 
 
+PLAYGROUND_PAGE = "/chapters/11_anywhere.md"
+
+
+def playground_problems(site: Path, location: str = PLAYGROUND_PAGE) -> list[str]:
+    """What is wrong with chapter 11's live playground: no `{anywidget}` node, a missing module, missing data."""
+    widgets = [n for n in _nodes(page_data(site, location)["mdast"]) if n.get("type") == "anywidget"]
+    if len(widgets) != 1:
+        return [f"{location}: {len(widgets)} anywidget nodes, expected the playground (tools/playground_page.py)"]
+    node, problems = widgets[0], []
+    esm = _public(site, node.get("esm"))
+    if esm is None or (ROOT / "nanogpt_lib" / "static" / "playground.js").read_bytes() != esm.read_bytes():
+        problems.append(f"{location}: the playground's ES module {node.get('esm')} is not the package's playground.js")
+    model = node.get("model", {})
+    config, tokenizer = model.get("config", {}), model.get("tokenizer", {})
+    if not all(config.get(k) for k in ("n_layer", "n_head", "head_dim", "block_size", "vocab_size")):
+        problems.append(f"{location}: the playground's model has no complete config: {config}")
+    if tokenizer.get("type") != "char" or len(tokenizer.get("chars", "")) != config.get("vocab_size"):
+        problems.append(f"{location}: the playground's tokenizer does not match its vocabulary")
+    for key in ("onnx_url", "ort_url", "ort_wasm_url"):
+        if not str(model.get(key, "")).split("/")[-1]:
+            problems.append(f"{location}: the playground names no {key}")
+    return problems
+
+
 # Chapters whose front matter does not name their notebook yet (they are being edited on other branches);
 # they get the same three lines as the others when merged, and leave this set then.
 AWAITING_DOWNLOADS: frozenset[str] = frozenset()
@@ -204,6 +231,8 @@ def main() -> None:
     problems += [f"number used twice: {d}" for d in duplicate_numbers(args.site)]
     if any(location == EXPLORER_PAGE for location, _ in _pages(args.site)):
         problems += explorer_problems(args.site)
+    if any(location == PLAYGROUND_PAGE for location, _ in _pages(args.site)):
+        problems += playground_problems(args.site)
     if args.outputs:
         problems += [f"no outputs on {page} (did the execution run?)" for page in pages_without_outputs(args.site)]
         problems += kernel_outputs(args.site)

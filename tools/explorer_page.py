@@ -93,15 +93,16 @@ def longest_run(text: str) -> int:
     return max((len(word) for word in text.split()), default=0)
 
 
+def anywidget_figure(label: str, esm: str, css: str, state: dict[str, Any], caption: str) -> str:
+    """MyST Markdown for a labelled figure holding an `{anywidget}` directive; its JSON in short, indented lines."""
+    body = json.dumps(state, ensure_ascii=False, indent=1)
+    return f"::::{{figure}}\n:label: {label}\n\n:::{{anywidget}} {esm}\n:css: {css}\n{body}\n:::\n\n{caption}\n::::\n"
+
+
 def explorer_markdown(state: dict[str, Any], about: str) -> str:
     """MyST Markdown for the page: a labelled figure holding the `{anywidget}` directive, and the sentence."""
-    body = json.dumps(chunked(state), ensure_ascii=False, indent=1)
-    return (
-        "::::{figure}\n:label: fig-explorer-live\n\n"
-        f":::{{anywidget}} {ESM}\n:css: {CSS}\n{body}\n:::\n\n"
-        "The attention explorer, live on this page (click it, then use the arrow keys). "
-        f"{about}\n::::\n"
-    )
+    caption = f"The attention explorer, live on this page (click it, then use the arrow keys). {about}"
+    return anywidget_figure("fig-explorer-live", ESM, CSS, chunked(state), caption)
 
 
 def write_explorer_page(root: Path = ROOT, out: Path | None = None) -> Path:

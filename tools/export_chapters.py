@@ -10,6 +10,9 @@ notebook. Several chapters may name the same module (a chapter and the appendix 
 machinery): the module then holds their exported cells in book order (files sorted by name, so
 ``00``..``09`` before ``A1``..``A9``), its header names every chapter, its docstring is the first
 chapter's title, and a name defined at top level in two of the chapters is an error naming both cells.
+The top-level imports of every exported cell are gathered into one import block at the top of the
+module (deduplicated, merged per module and sorted as ruff's isort sorts them), so that a module
+assembled from several cells and chapters reads as one module.
 ``--check`` writes nothing: it exits 1 and names every module that is stale, missing, or left
 over from a chapter that no longer exists. Only ``.md`` chapters are read; ``.ipynb`` files (build
 copies, a reader's pairing) are ignored.
@@ -234,11 +237,86 @@ def _check_no_redefinition(modules: list[Module], root: Path) -> None:
                 )
 
 
+LINE_LENGTH = 120  # pyproject.toml's ruff line-length
+
+
+@dataclass(frozen=True)
+class _Import:
+    module: str  # "torch.nn" for `import torch.nn as nn` and for `from torch.nn import functional`
+    name: str | None  # the imported member; None for `import module`
+    alias: str | None
+    comment: str  # a trailing comment (a noqa), or ""
+
+
+def _hoist_imports(code: str) -> tuple[list[_Import], str]:
+    """The cell's top-level imports (`from __future__` dropped), and the cell's code without them."""
+    lines = code.splitlines()
+    found: list[_Import] = []
+    drop: set[int] = set()
+    for node in ast.parse(code).body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        span = range(node.lineno - 1, node.end_lineno)
+        drop.update(span)
+        comment = next((lines[i].split("#", 1)[1].strip() for i in span if "#" in lines[i]), "")
+        if isinstance(node, ast.Import):
+            found += [_Import(a.name, None, a.asname, comment) for a in node.names]
+        elif node.module != "__future__":
+            found += [_Import("." * node.level + (node.module or ""), a.name, a.asname, comment) for a in node.names]
+    rest = "\n".join(line for i, line in enumerate(lines) if i not in drop).strip("\n")
+    return found, re.sub(r"\n{4,}", "\n\n\n", rest)
+
+
+def _member_key(name: str) -> tuple[int, str]:
+    """isort's order-by-type: CONSTANTS, then Classes, then everything else, each case-insensitively."""
+    rank = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return rank, name.lower()
+
+
+def _statement(module: str, members: list[_Import]) -> str:
+    names = [f"{m.name} as {m.alias}" if m.alias else m.name for m in members]
+    comment = next((f"  # {m.comment}" for m in members if m.comment), "")
+    one_line = f"from {module} import {', '.join(names)}"
+    if len(one_line + comment) <= LINE_LENGTH:
+        return one_line + comment
+    return f"from {module} import ({comment}\n" + "".join(f"    {n},\n" for n in names) + ")"
+
+
+def import_block(imports: list[_Import]) -> str:
+    """One import block: standard library, third party, this package; `import` lines before `from` lines."""
+    unique = list(dict.fromkeys(imports))
+    sections: dict[int, list[tuple[tuple, str]]] = {0: [], 1: [], 2: []}
+    for module in dict.fromkeys(i.module for i in unique):
+        root = module.lstrip(".").split(".")[0]
+        section = 2 if root == "nanogpt_lib" or module.startswith(".") else 0 if root in sys.stdlib_module_names else 1
+        mine = [i for i in unique if i.module == module]
+        for i in (i for i in mine if i.name is None):
+            text = f"import {module}" + (f" as {i.alias}" if i.alias else "")
+            sections[section].append(((0, module.lower(), (0, "")), text + (f"  # {i.comment}" if i.comment else "")))
+        plain = sorted((i for i in mine if i.name is not None and i.alias is None), key=lambda i: _member_key(i.name))
+        groups = [plain] if plain else []
+        groups += [[i] for i in mine if i.name is not None and i.alias is not None]
+        for group in groups:
+            sections[section].append(((1, module.lower(), _member_key(group[0].name)), _statement(module, group)))
+    blocks = ["\n".join(text for _, text in sorted(entries)) for entries in sections.values() if entries]
+    return "\n\n".join(blocks)
+
+
 def render(modules: Module | list[Module], root: Path = ROOT) -> str:
     """The text of `nanogpt_lib/<module>.py` for the chapters (in book order) that export it."""
     modules = [modules] if isinstance(modules, Module) else modules
-    parts = [f"# {_rel(m.chapter, root)}, code cell {c.number}\n{c.code}" for m in modules for c in m.cells]
-    body = "\n\n\n".join(parts).replace("from __future__ import annotations\n", "")
+    imports, parts = [], []
+    for m in modules:
+        for c in m.cells:
+            found, code = _hoist_imports(c.code)
+            imports += found
+            if code.strip():
+                parts.append(f"# {_rel(m.chapter, root)}, code cell {c.number}\n{code}")
+    block = import_block(imports)
+    body = "\n\n\n".join(parts)
+    if block:  # ruff's isort: two blank lines after the imports before a def or class, else one
+        first = next((line for line in body.splitlines() if line.strip() and not line.startswith("#")), "")
+        body = block + ("\n\n\n" if re.match(r"(def|class|async def)\b|@", first) else "\n\n") + body
     doc = modules[0].title or modules[0].name
     header = (
         f"{GENERATED_MARK}{', '.join(_rel(m.chapter, root) for m in modules)} by tools/export_chapters.py.\n"
