@@ -396,7 +396,10 @@ def _restore(run: Run, resumed: dict[str, Any]) -> None:
     """Load the weights, moments and generator states of the checkpoint in out/last over a fresh start."""
     folder = last_checkpoint(run.out)
     load_weights(run.raw, folder / "model.safetensors")
-    load_moments(run.optimizer, folder / "optimizer.safetensors")
+    scales = [g.get("lr_scale", 1.0) for g in run.optimizer.param_groups]  # this config's, which saved groups
+    load_moments(run.optimizer, folder / "optimizer.safetensors")  # replace (and older checkpoints lack)
+    for group, scale in zip(run.optimizer.param_groups, scales, strict=True):
+        group["lr_scale"] = scale
     run.batches.set_state(decode_bytes(resumed["rng"]["batches"]))
     if resumed.get("world_size") == run.world:  # the same processes: every dropout generator continues too
         torch.set_rng_state(decode_bytes(resumed["rng"]["torch"][run.rank]))

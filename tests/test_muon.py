@@ -1,5 +1,6 @@
 """Muon and the warmup-stable-decay schedule (chapter 09), and how the trainer (chapter 05) uses them."""
 
+import json
 import math
 import os
 import signal
@@ -252,6 +253,29 @@ def test_resume_with_muon_and_wsd_is_bitwise_exact(data_dir, tmp_path):
     a = T.load_checkpoint(tmp_path / "straight" / "last")[0].state_dict()
     b = T.load_checkpoint(tmp_path / "split" / "last")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_muon_checkpoint_from_before_lr_scale_resumes_at_muons_rate(data_dir, tmp_path):
+    """Checkpoints written before parameter groups carried `lr_scale` resume with the config's scale, so Muon's
+    matrices keep their own peak rate (the saved groups replace the fresh ones, and lacked the key)."""
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=4, eval_interval=2, optimizer="muon", muon_lr=0.02), progress=False)
+    state_file = T.last_checkpoint(out) / "state.json"
+    state = json.loads(state_file.read_text())
+    for group in state["optimizer"]["param_groups"]:
+        group.pop("lr_scale", None)
+    state_file.write_text(json.dumps(state))
+    seen = []
+    original = T.train_step
+
+    def spy(run):
+        original(run)
+        seen.append({bool(g["muon"]): g["lr"] / run.lr for g in run.optimizer.param_groups})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "train_step", spy)
+        T.train(T.resume_config(out, {"max_iters": 6}), progress=False)
+    assert seen and all(s[True] == pytest.approx(0.02 / 3e-3) and s[False] == 1.0 for s in seen)
 
 
 # --- the configuration and the command ----------------------------------------------------------------
