@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_browser import browser, built_anywidget, lab, run_all_in_lab, serve, watch  # noqa: F401 (fixtures)
 
+from nanogpt_lib.bpe import BPETokenizer
 from nanogpt_lib.data import CharTokenizer
 from nanogpt_lib.generate import generate
 from nanogpt_lib.model import GPT, GPTConfig
@@ -26,29 +27,37 @@ PROMPT = "to be or not"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory) -> tuple[Path, list[int]]:
-    """A small character model with sharp weights exported to ONNX, and PyTorch's 100 greedy tokens after PROMPT."""
+TEXT = "to be, or not to be: that is the question. 'Tis nobler in the mind, café and naïve, to suffer!\n" * 20
+
+
+def tokenizer(kind: str):
+    """A character tokenizer, or a byte-level BPE one (chapter 02's, GPT-2's split pattern) trained on TEXT."""
+    return CharTokenizer.from_text(TEXT) if kind == "char" else BPETokenizer.train(TEXT, 300)
+
+
+@pytest.fixture(scope="module", params=["char", "bpe"])
+def graph(request, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A small model with sharp weights exported to ONNX, and PyTorch's 100 greedy tokens after PROMPT."""
     from nanogpt_lib.export import ORT_WEB_FILES, export_onnx, ort_web_dir
 
     missing = [f for f in ORT_WEB_FILES if not (ROOT / "node_modules" / "onnxruntime-web" / "dist" / f).is_file()]
     if missing and os.environ.get("CI") != "true":
         pytest.skip("ONNX Runtime Web is not installed: run `npm ci`")
     assert ort_web_dir().is_dir()
-    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ,.!?\n")
+    tok = tokenizer(request.param)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
     with torch.no_grad():  # sharper than a fresh model's near-uniform logits: no near-ties for argmax to split
         for p in model.parameters():
             p.mul_(3)
-    path = export_onnx(model, tmp_path_factory.mktemp("graph") / "model.onnx", tok)
+    path = export_onnx(model, tmp_path_factory.mktemp(request.param) / "model.onnx", tok)
     ids = torch.tensor([tok.encode(PROMPT)])
-    expected = generate(model, ids, 100, temperature=0)[0, ids.size(1):].tolist()  # past the 32-token context too
+    expected = generate(model, ids, 100, temperature=0)[0].tolist()  # the prompt's ids, then 100 new, past the context
     return path, expected
 
 
 def write_greedily(page, root, count: int = 100) -> tuple[list[int], float]:
-    """Fill the playground's controls for greedy decoding, press Write, and read the tokens it made."""
+    """Fill the playground's controls for greedy decoding, press Write; the prompt's ids and the new tokens."""
     root.locator(".ngp-prompt").fill(PROMPT)
     root.locator(".ngp-temperature").fill("0")
     root.locator(".ngp-count").fill(str(count))
@@ -58,7 +67,8 @@ def write_greedily(page, root, count: int = 100) -> tuple[list[int], float]:
     root.locator(".ngp-write").click()
     page.wait_for_function("r => r.dataset.status === 'done'", arg=root.element_handle(), timeout=300_000)
     tokens = [int(t) for t in root.get_attribute("data-tokens").split(",")]
-    return tokens, float(root.get_attribute("data-tokens-per-s"))
+    prompt = [int(t) for t in root.get_attribute("data-prompt-tokens").split(",")]
+    return prompt + tokens, float(root.get_attribute("data-tokens-per-s"))
 
 
 # What MyST's theme does with an `anywidget` node: import its ES module with a model that holds its JSON;
@@ -107,8 +117,9 @@ def test_the_playground_on_the_built_site_writes_pytorchs_tokens(browser, graph,
         tokens, per_second = write_greedily(page, root)
         page.close()
     assert errors == []
-    assert tokens == expected, "the browser's greedy tokens differ from PyTorch's"
-    measured(f"the playground on a static page: 100 tokens at {per_second:.0f} tokens/s (ONNX Runtime Web, wasm)")
+    assert tokens == expected, "the browser's prompt ids or greedy tokens differ from PyTorch's"
+    kind = json.loads(path.with_suffix(".tokenizer.json").read_text())["type"]
+    measured(f"the playground on a static page, a {kind} model: 100 tokens at {per_second:.0f} tokens/s")
 
 
 NOTEBOOK = """from nanogpt_lib.export import Playground
@@ -116,6 +127,7 @@ NOTEBOOK = """from nanogpt_lib.export import Playground
 Playground({path!r}, prompt={prompt!r}, about="a test model")"""
 
 
+@pytest.mark.parametrize("graph", ["char"], indirect=True)  # the BPE model runs on the static page
 def test_the_playground_in_jupyterlab_writes_pytorchs_tokens(browser, graph, lab, tmp_path, measured):  # noqa: F811
     """The widget a cell returns, in JupyterLab with a live kernel: 100 greedy tokens equal PyTorch's."""
     import nbformat
@@ -135,5 +147,5 @@ def test_the_playground_in_jupyterlab_writes_pytorchs_tokens(browser, graph, lab
     tokens, per_second = write_greedily(page, root)
     page.close()
     assert errors == []
-    assert tokens == expected, "the browser's greedy tokens differ from PyTorch's"
+    assert tokens == expected, "the browser's prompt ids or greedy tokens differ from PyTorch's"
     measured(f"the playground in JupyterLab: 100 tokens at {per_second:.0f} tokens/s (ONNX Runtime Web, wasm)")

@@ -8,7 +8,7 @@
   `allow_root`, see .ci/jupyter/), MyST still writes every page, only without outputs. Every
   page that has code cells but not a single output is reported.
 - **Chapter 11's playground.** Its page must hold an `{anywidget}` node with the package's
-  `playground.js`, the graph's sizes, a character tokenizer of the graph's vocabulary, and the URLs of
+  `playground.js`, the graph's sizes, a tokenizer of the graph's vocabulary, and the URLs of
   the graph and ONNX Runtime Web's files (which the site workflow copies beside the pages).
 - **Chapter 7's live explorer.** Its page must hold an `{anywidget}` node whose ES module and CSS
   were copied into the site and whose model carries the explorer's data (tokens and weights of
@@ -187,7 +187,9 @@ def playground_problems(site: Path, location: str = PLAYGROUND_PAGE) -> list[str
     config, tokenizer = model.get("config", {}), model.get("tokenizer", {})
     if not all(config.get(k) for k in ("n_layer", "n_head", "head_dim", "block_size", "vocab_size")):
         problems.append(f"{location}: the playground's model has no complete config: {config}")
-    if tokenizer.get("type") != "char" or len(tokenizer.get("chars", "")) != config.get("vocab_size"):
+    merged = 256 + len(tokenizer.get("merges", [])) + len(tokenizer.get("special_tokens") or {})
+    size = {"char": len(tokenizer.get("chars", "")), "bpe": merged}.get(tokenizer.get("type"), 0)
+    if not 0 < size <= config.get("vocab_size", 0):  # a model may have more rows than its tokenizer uses
         problems.append(f"{location}: the playground's tokenizer does not match its vocabulary")
     for key in ("onnx_url", "ort_url", "ort_wasm_url"):
         if not str(model.get(key, "")).split("/")[-1]:

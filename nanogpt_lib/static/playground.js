@@ -3,7 +3,7 @@
 //   onnx / onnx_url          the exported decoder graph (bytes, or a URL on the same site)
 //   ort_js / ort_url         onnxruntime-web's single-file ES module (text, or a URL), from npm
 //   ort_wasm / ort_wasm_url  its WebAssembly binary (bytes, or a URL)
-//   tokenizer                the checkpoint's tokenizer: {type: "char", chars} or {type: "bpe", ...}
+//   tokenizer                the checkpoint's tokenizer: {type: "char", chars} or {type: "bpe", merges, ...}
 //   config                   {n_layer, n_head, head_dim, block_size, vocab_size}
 //   prompt, about            the starting prompt, and a sentence saying which model this is
 // The graph takes input_ids and, per layer, past_key_i / past_value_i, and returns logits and present_*:
@@ -65,9 +65,49 @@ function charTokenizer(spec) {
   };
 }
 
+// Byte-level BPE (chapter 02): cut the text with the split pattern, map each piece's UTF-8 bytes to ids, then
+// merge the neighbouring pair of lowest rank until none is left; merge k makes id 256 + k.
+function jsPattern(pattern) {  // the `regex` module's possessive quantifiers (`++`, `*+`, `?+`) as greedy ones
+  const source = pattern.replace(/([+*?}])\+/g, "$1");
+  try {
+    return new RegExp(source, "gu");
+  } catch (e) {
+    throw new Error(`this browser cannot read the tokenizer's split pattern (${e.message})`);
+  }
+}
+
+function bpeTokenizer(spec) {
+  const split = jsPattern(spec.pattern);
+  const byteIds = new Array(256);
+  spec.byte_order.forEach((b, i) => { byteIds[b] = i; });
+  const vocab = spec.byte_order.map((b) => [b]);
+  const ranks = new Map();
+  spec.merges.forEach(([a, b], k) => {
+    ranks.set(a * 1048576 + b, 256 + k);
+    vocab.push(vocab[a].concat(vocab[b]));
+  });
+  const utf8 = new TextEncoder(), text = new TextDecoder("utf-8");
+  function merge(ids) {
+    for (;;) {
+      let best = Infinity, at = -1;
+      for (let i = 0; i + 1 < ids.length; i++) {
+        const r = ranks.get(ids[i] * 1048576 + ids[i + 1]);
+        if (r !== undefined && r < best) { best = r; at = i; }
+      }
+      if (at < 0) return ids;
+      ids.splice(at, 2, best);
+    }
+  }
+  return {
+    encode: (s) => (s.match(split) || []).flatMap((piece) => merge(Array.from(utf8.encode(piece), (b) => byteIds[b]))),
+    decode: (ids) => text.decode(Uint8Array.from(ids.flatMap((i) => vocab[i]))),
+  };
+}
+
 function makeTokenizer(spec) {
   if (spec && spec.type === "char") return charTokenizer(spec);
-  throw new Error(`this playground reads character tokenizers; the model's is ${JSON.stringify(spec && spec.type)}`);
+  if (spec && spec.type === "bpe") return bpeTokenizer(spec);
+  throw new Error(`this playground reads character and BPE tokenizers; the model's is ${JSON.stringify(spec && spec.type)}`);
 }
 
 // ---------------------------------------------------------------- sampling
@@ -212,12 +252,13 @@ function render({ model, el: host }) {
       return;
     }
     output.textContent = prompt.value;
-    const made = [];
+    root.dataset.promptTokens = ids.join(",");
+    const made = [];  // the text is decoded whole each time: a BPE token may hold part of a character
     const t0 = performance.now();
     const args = [Number(count.value), Number(temperature.value), Number(topK.value), Number(seed.value)];
     for await (const token of generate(ort, session, config, ids, ...args)) {
       made.push(token);
-      output.textContent += tokenizer.decode([token]);
+      output.textContent = prompt.value + tokenizer.decode(made);
       status.textContent = `${made.length} tokens`;
       await new Promise((r) => setTimeout(r, 0));  // let the page draw each token
     }
