@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_browser import browser, built_anywidget, lab, run_all_in_lab, serve, watch  # noqa: F401 (fixtures)
+from test_browser import SITE_HOST, browser, built_anywidget, lab, run_all_in_lab, serve, watch  # noqa: F401
 
 from nanogpt_lib.bpe import BPETokenizer
 from nanogpt_lib.data import CharTokenizer
@@ -71,24 +71,6 @@ def write_greedily(page, root, count: int = 100) -> tuple[list[int], float]:
     return prompt + tokens, float(root.get_attribute("data-tokens-per-s"))
 
 
-# What MyST's theme does with an `anywidget` node: import its ES module with a model that holds its JSON;
-# like MyST's model on a static page, save_changes throws (there is no kernel).
-HOST = """<!doctype html><html><head><meta charset='utf-8'></head><body><div id='host'></div>
-<script type='application/json' id='node'>NODE</script>
-<script type='module'>
-const node = JSON.parse(document.getElementById('node').textContent);
-const values = structuredClone(node.model);
-const model = { get: (k) => values[k], set: (k, v) => { values[k] = v; }, send: () => {},
-  save_changes: () => { throw new Error('MystAnyModel.save_changes not implemented yet'); },
-  on: () => {}, off: () => {} };
-const css = document.createElement('link');
-Object.assign(css, { rel: 'stylesheet', href: node.css });
-document.head.appendChild(css);
-const mod = await import(node.esm);
-await (mod.default ?? mod).render({ model, el: document.getElementById('host') });
-</script></body></html>"""
-
-
 def test_the_playground_on_the_built_site_writes_pytorchs_tokens(browser, graph, tmp_path, measured):  # noqa: F811
     """tools/playground_page.py's `{anywidget}` node, built by `myst build --site`, served with the files the site
     workflow copies beside it: 100 greedy tokens equal PyTorch's."""
@@ -106,7 +88,7 @@ def test_the_playground_on_the_built_site_writes_pytorchs_tokens(browser, graph,
     assert "untrained" not in json.dumps(content)
     public = book / "_build" / "site" / "public"
     shutil.copytree(book / FILES, public / "playground")  # what the site workflow does after the build
-    (public / "host.html").write_text(HOST.replace("NODE", json.dumps(node).replace("</", "<\\/")))
+    (public / "host.html").write_text(SITE_HOST.replace("NODE", json.dumps(node).replace("</", "<\\/")))
     errors: list[str] = []
     with serve(public) as base:
         page = browser.new_page()
