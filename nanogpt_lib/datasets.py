@@ -19,6 +19,7 @@ __all__ = [
     "text_files",
     "read_text_pieces",
     "safe_pieces",
+    "create_new",
     "write_prepared",
 ]
 
@@ -284,10 +285,31 @@ def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
 
 
 # chapters/A1_data_engineering.md, code cell 14
+def create_new(path: str | os.PathLike, mode: str = "wb", replace: bool = True):
+    """Open `path` as a new file for writing, never through a symbolic link and never into an existing file.
+
+    With `replace`, a file or link already at `path` is removed first (a link is removed, not what it
+    points to). If something appears there between the removal and the creation, FileExistsError names it.
+    """
+    path = Path(path)
+    if replace and (path.is_symlink() or path.is_file()):
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, f"{path} appeared while this file was being written (another process?): nothing was "
+            "written through it. Check what is writing into that folder, then try again", str(path)
+        ) from None
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
+# chapters/A1_data_engineering.md, code cell 15
 def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
     """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
     digest, count = hashlib.sha256(), 0
-    with open(path, "wb") as f:
+    with create_new(path) as f:
         for piece in pieces:
             digest.update(piece.encode("utf-8"))
             ids = np.asarray(encode(piece)).astype(dtype, copy=False)
@@ -312,7 +334,7 @@ def _split_point(n_tokens: int, val_fraction: float, block_size: int) -> int:
 
 def _move_tail(src: Path, dst: Path, start: int) -> None:
     """Move the bytes of `src` from `start` on into the new file `dst`, in blocks."""
-    with open(src, "rb") as f, open(dst, "wb") as out:
+    with open(src, "rb") as f, create_new(dst) as out:
         f.seek(start)
         while block := f.read(1 << 20):
             out.write(block)
@@ -320,7 +342,7 @@ def _move_tail(src: Path, dst: Path, start: int) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with create_new(path, "w") as f:
         f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
 
 
