@@ -20,6 +20,21 @@ BUILD = ROOT / "build" / "chapters"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("NANOGPT_QUICK", "1")
+
+
+def worker_threads(cores: int, workers: int) -> int:
+    """The threads each of `workers` test processes may use on `cores` cores: its share, at least one."""
+    return max(1, cores // max(1, workers))
+
+
+# Under `pytest -n N` each worker (and every kernel or subprocess it starts, which inherit the environment)
+# gets its share of the cores: N processes each running PyTorch with all the cores fight for them, and the
+# suite then runs several times slower than serially. Set before anything imports PyTorch.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = str(worker_threads(cores, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[variable] = share
 # Offline copies of the datasets, where a checkout has them beside it (CI sets these itself).
 if (SHARED_DATA / "tinyshakespeare" / "input.txt").exists():
     os.environ.setdefault("NANOGPT_TINYSHAKESPEARE", str(SHARED_DATA / "tinyshakespeare" / "input.txt"))

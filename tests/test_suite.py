@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -52,3 +54,19 @@ def test_parallel_runs_keep_each_file_on_one_worker():
         config = SimpleNamespace(option=SimpleNamespace(dist=given))
         conftest.pytest_configure(config)
         assert config.option.dist == expected
+
+
+def test_each_xdist_worker_gets_its_share_of_the_cores():
+    """Under `pytest -n N` the root conftest gives each worker's PyTorch (and the kernels and subprocesses it starts,
+    through the environment) cores // N threads, at least one; outside xdist nothing is limited."""
+    probe = "import conftest, os, torch; print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
+    cores = len(os.sched_getaffinity(0))
+    for workers, expected in ((2, max(1, cores // 2)), (4 * cores, 1)):
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+        env["PYTEST_XDIST_WORKER_COUNT"] = str(workers)
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == [str(expected), str(expected)]
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and not k.startswith("PYTEST_XDIST")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    threads, variable = out.stdout.split()
+    assert variable == "None" and int(threads) >= max(1, cores // 2)
