@@ -187,12 +187,13 @@ def measure_matmul_flops(
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
-    for _ in range(repeats + 1):  # the first run warms up and is not counted
+    for i in range(repeats + 1):
         synchronize(device)
         t0 = time.perf_counter()
         a @ b
         synchronize(device)
-        best = min(best, time.perf_counter() - t0)
+        if i > 0:  # the first run warms up (allocations, kernel selection) and is not counted
+            best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
 
@@ -225,7 +226,7 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
-# chapters/00_setup.md, code cell 10
+# chapters/00_setup.md, code cell 11
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (every device's) random number generators."""
     if not isinstance(seed, int) or seed < 0:
@@ -235,7 +236,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# chapters/00_setup.md, code cell 12
+# chapters/00_setup.md, code cell 13
 def environment_report() -> dict[str, str]:
     """Python, PyTorch, the devices found, and the precision each would use."""
     report = {
