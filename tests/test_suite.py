@@ -64,8 +64,8 @@ def test_each_xdist_worker_gets_its_share_of_the_cores():
     for workers, expected in ((2, max(1, cores // 2)), (4 * cores, 1)):
         env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
         env["PYTEST_XDIST_WORKER_COUNT"] = str(workers)
-        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.split() == [str(expected), str(expected)]
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert out.stdout.split() == [str(expected), str(expected)], out.stderr
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and not k.startswith("PYTEST_XDIST")}
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     threads, variable = out.stdout.split()
