@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# chapters/03_attention.md, code cell 16
+# chapters/03_attention.md, code cell 17
 class KVCacheProtocol(Protocol):
     """What attention needs from a key/value cache (chapter 06 builds one).
 
@@ -52,7 +52,7 @@ def causal_bias(q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
     return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
-# chapters/03_attention.md, code cell 17
+# chapters/03_attention.md, code cell 18
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: a fused QKV projection, heads side by side, an output projection.
 

@@ -81,7 +81,7 @@ def split_pattern(pattern: str) -> str:
     return SPLIT_PATTERNS.get(pattern, pattern)
 
 
-# chapters/02_bpe.md, code cell 13
+# chapters/02_bpe.md, code cell 14
 def train_merges(chunk_counts: Mapping[bytes, int], num_merges: int) -> list[tuple[int, int]]:
     """Learn up to `num_merges` byte-pair merges from distinct chunks and their counts.
 
@@ -129,7 +129,7 @@ def train_merges(chunk_counts: Mapping[bytes, int], num_merges: int) -> list[tup
     return merges
 
 
-# chapters/02_bpe.md, code cell 16
+# chapters/02_bpe.md, code cell 17
 _NO_MERGE = 1 << 62  # larger than any token id: "no merge for this pair"
 
 
@@ -156,7 +156,7 @@ def apply_merges(ids: list[int], ranks: Mapping[tuple[int, int], int]) -> list[i
     return ids
 
 
-# chapters/02_bpe.md, code cell 18
+# chapters/02_bpe.md, code cell 19
 _CACHE_LIMIT = 200_000  # distinct chunks remembered per tokenizer
 
 
@@ -183,7 +183,7 @@ def encode_chunks(
     return out
 
 
-# chapters/02_bpe.md, code cell 20
+# chapters/02_bpe.md, code cell 21
 def merges_from_ranks(mergeable_ranks: Mapping[bytes, int]) -> tuple[list[tuple[int, int]], bytes]:
     """The ordered merge list and byte order behind tiktoken-style ranks (token bytes -> id).
 

@@ -11,6 +11,7 @@ __all__ = [
     "REQUIRED_KEYS",
     "RESUME_KEYS",
     "MAX_STATE_BYTES",
+    "MAX_DEPTH",
     "MAX_SIZES",
     "CheckpointError",
     "encode_bytes",
@@ -22,17 +23,19 @@ __all__ = [
     "read_state",
     "find_checkpoint",
     "last_checkpoint",
+    "nonfinite_tensor",
     "load_weights",
     "load_moments",
     "load_checkpoint",
-    "LOCK_FILE",
     "lock_out_dir",
     "unlock_out_dir",
     "RUN_FILES",
+    "SCRATCH",
     "MANIFEST",
     "prepare_out_dir",
     "check_resumable",
     "metrics_line",
+    "open_metrics",
     "truncate_metrics",
     "StopFlag",
 ]
@@ -43,27 +46,24 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
+import stat
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from nanogpt_lib.data import sha256_of, tokenizer_from_meta
+from nanogpt_lib.datasets import LOCK_FILE as LOCK_FILE
+from nanogpt_lib.datasets import command_line, create_new, lock_folder, run_folder_for, unlock_folder
 from nanogpt_lib.device import pick_device
 from nanogpt_lib.model import GPT, GPTConfig, build_model, config_from_dict
-
-# chapters/A2_checkpoints.md, code cell 5
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; the output folder is not locked there
-    fcntl = None
-
 
 # chapters/A2_checkpoints.md, code cell 6
 CHECKPOINT_FORMAT = "nanogpt-checkpoint"
@@ -72,6 +72,7 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors")
 REQUIRED_KEYS = {"step": int, "model_config": dict, "tokenizer": dict, "files": dict}
 RESUME_KEYS = {"train_config": dict, "rng": dict, "world_size": int, "elapsed_s": (int, float)}
 MAX_STATE_BYTES = 64 << 20  # a state.json is a few kB; anything this large was not written by the trainer
+MAX_DEPTH = 32  # a state.json nests about 6 levels deep
 MAX_SIZES = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "n_head": 1024, "n_embd": 1 << 16}
 
 
@@ -188,8 +189,8 @@ def _fsync(path: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` and wait until it is on the disk."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write `text` to the new file `path` (never through a link: `create_new`) and wait until it is on the disk."""
+    with create_new(path, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -199,34 +200,61 @@ def _sibling(folder: Path, suffix: str) -> Path:
     return folder.with_name(folder.name + suffix)
 
 
+def _remove(path: Path, ignore_errors: bool = False) -> None:
+    """Delete `path`: a link or a file is unlinked (what a link points to is never touched), a folder removed."""
+    if path.is_symlink() or path.is_file():
+        try:
+            path.unlink()
+        except OSError:
+            if not ignore_errors:
+                raise
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def _write_error(folder: Path, e: OSError) -> OSError:
     """One clear line for a failed checkpoint write; the errno is kept."""
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         why = "the disk is full. Free space on it (or train into another folder with --out), then --resume"
+    elif e.errno == errno.EFBIG:
+        why = ("a file is larger than the file system or this process's file-size limit (ulimit -f) allows. Raise "
+               "the limit (or train into another folder with --out), then --resume")  # fmt: skip
     else:
         why = f"{e.strerror or e}"
     return OSError(e.errno, f"cannot write the checkpoint {folder}: {why}; the previous checkpoint is intact")
+
+
+def _save_tensors(save: Any, *args: Any, **kwargs: Any) -> None:
+    """`save(*args, **kwargs)`, a safetensors writer, with its failure to write given back as the OSError it is."""
+    try:
+        save(*args, **kwargs)
+    except SafetensorError as e:  # not an OSError: "I/O error: No space left on device (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from e
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:
     """Replace the folder `dest` by the complete folder `tmp` with two renames.
 
     `dest` becomes `dest.old`, then `tmp` becomes `dest`. Between the renames `dest` is missing, and
-    `_recover` finishes the swap from `dest.tmp`. A failed rename puts the old folder back.
+    `_recover` finishes the swap from `dest.tmp`. A failed rename puts the old folder back. A rename moves a
+    link, never what it points to, so a `dest` that is a link is replaced, not written through.
     """
     old = _sibling(dest, ".old")
     try:
-        if dest.exists():
+        if os.path.lexists(dest):
             os.replace(dest, old)
         os.replace(tmp, dest)
     except OSError as e:
-        if old.exists() and not dest.exists():
+        if os.path.lexists(old) and not os.path.lexists(dest):
             os.replace(old, dest)
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(dest, e) from e
     try:  # the new checkpoint is in place: what is left is tidying up
         _fsync(dest.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old, ignore_errors=True)
     except OSError:
         pass
 
@@ -234,11 +262,10 @@ def _swap_in(tmp: Path, dest: Path) -> None:
 # chapters/A2_checkpoints.md, code cell 11
 def _write_checkpoint(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """The three files of a checkpoint, each on the disk before the next; `state.json`, the last, seals it."""
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
+    _save_tensors(save_model, model, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
     _fsync(tmp / "model.safetensors")
     tensors, skeleton = optimizer_to_files(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
+    _save_tensors(save_file, tensors, str(tmp / "optimizer.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
     _fsync(tmp / "optimizer.safetensors")
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **_finite(state), "optimizer": skeleton}
     state["files"] = {name: sha256_of(tmp / name) for name in CHECKPOINT_FILES}
@@ -246,18 +273,27 @@ def _write_checkpoint(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimi
     _fsync(tmp)
 
 
+def _new_folder(tmp: Path, dest: Path) -> None:
+    """Create the folder `tmp` for the checkpoint `dest`; it must not exist (a link there is never followed)."""
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # something appeared after `_recover` cleared the name: not ours to delete
+        raise _write_error(dest, e) from e
+
+
 def save_checkpoint(
     folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> Path:
     """Write `model.safetensors`, `optimizer.safetensors` and `state.json` (with `state`) into `folder`, atomically.
 
-    The files go to `folder.tmp` first, then replace `folder` by renames. A crash at any point leaves a
-    complete checkpoint where `find_checkpoint` looks; a failed write (a full disk) removes what it wrote,
-    leaves the previous checkpoint as it was and raises an OSError that names the folder.
+    The files go to a new folder `folder.tmp` first, then replace `folder` by renames. A crash at any point
+    leaves a complete checkpoint where `find_checkpoint` looks; a failed write (a full disk) removes what it
+    wrote, leaves the previous checkpoint as it was and raises a one-line OSError that names the folder.
     """
     folder = Path(folder)
     _recover(folder)
     tmp = _sibling(folder, ".tmp")
+    _new_folder(tmp, folder)
     try:
         _write_checkpoint(tmp, model, optimizer, state)
     except OSError as e:
@@ -272,8 +308,8 @@ def copy_checkpoint(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     src, dest = Path(src), Path(dest)
     _recover(dest)
     tmp = _sibling(dest, ".tmp")
+    _new_folder(tmp, dest)
     try:
-        tmp.mkdir(parents=True)
         for name in (*CHECKPOINT_FILES, "state.json"):  # state.json last: it seals the copy
             shutil.copyfile(src / name, tmp / name)
             _fsync(tmp / name)
@@ -294,18 +330,46 @@ def _require(state: dict[str, Any], keys: dict[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path}: the field {key!r} is {state[key]!r}, which is not what the trainer writes")
 
 
+def _read_limited(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, refused before reading unless it is a regular file of at most `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path} is not a regular file (a device, a pipe or a folder): not a checkpoint")
+        if info.st_size > limit:
+            raise CheckpointError(f"{path} is {info.st_size:,} bytes, far larger than a checkpoint's state")
+        return f.read(limit + 1)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in `value`, counted without recursion (a crafted file nests thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A checkpoint's `state.json`, refused with a message naming it when it is not one."""
     try:
-        if path.stat().st_size > MAX_STATE_BYTES:
-            raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, far larger than a checkpoint's state")
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(_read_limited(path, MAX_STATE_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: {path.parent} is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except RecursionError:
+        raise CheckpointError(f"{path} is corrupt or crafted: its JSON nests thousands of levels deep, and it is "
+                              "not a checkpoint's state; use another checkpoint") from None  # fmt: skip
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated (not valid JSON: {e}); use another checkpoint") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a nanogpt checkpoint (its format is not {CHECKPOINT_FORMAT!r})")
+    if _depth(state) > MAX_DEPTH:
+        raise CheckpointError(f"{path} is corrupt or crafted: its JSON nests {_depth(state)} levels deep (a "
+                              f"checkpoint's, at most {MAX_DEPTH}), so it is not a checkpoint's state; use another "
+                              "checkpoint")  # fmt: skip
     if state.get("version") not in (1, CHECKPOINT_VERSION):
         raise CheckpointError(
             f"{path} has checkpoint version {state.get('version')!r}; this library reads versions 1 to "
@@ -346,7 +410,8 @@ def _choose(folder: Path) -> Path | None:
     This is what a crash in the middle of a swap leaves: `folder` missing or half-deleted and the
     complete checkpoint still under its temporary name. Nothing is changed on the disk.
     """
-    spares = [p for p in (_sibling(folder, ".tmp"), _sibling(folder, ".old")) if (p / "state.json").is_file()]
+    spares = [p for p in (_sibling(folder, ".tmp"), _sibling(folder, ".old"))
+              if not p.is_symlink() and (p / "state.json").is_file()]  # the trainer never makes a link
     if not spares:  # the usual case: no leftovers, nothing to verify twice
         return folder if (folder / "state.json").is_file() else None
     if _complete(folder) is not None:
@@ -356,17 +421,35 @@ def _choose(folder: Path) -> Path | None:
     return max(complete, key=lambda p: steps[p]) if complete else None
 
 
+def _foreign(folder: Path) -> list[str]:
+    """What the checkpoint folder `folder` holds that no save writes (a user's notes, a link), as `folder/name`."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir())
+            if p.is_symlink() or not p.is_file() or p.name not in (*CHECKPOINT_FILES, "state.json")]  # fmt: skip
+
+
 def _recover(folder: Path) -> None:
-    """Finish what a crash interrupted: put the checkpoint `_choose` finds at `folder`, remove the leftovers."""
+    """Finish what a crash interrupted: put the checkpoint `_choose` finds at `folder`, remove the leftovers.
+
+    A link at any of the names is removed as a link; a folder holding files no save writes is refused.
+    """
     chosen = _choose(folder)
+    spares = [_sibling(folder, ".tmp"), _sibling(folder, ".old")]
+    doomed = [p for p in ([folder] if chosen not in (None, folder) else []) + spares if os.path.lexists(p)]
+    if foreign := [name for p in doomed for name in _foreign(p)]:
+        raise CheckpointError(
+            f"{folder.parent} holds {', '.join(foreign[:5])}, which no checkpoint save writes, in a folder the "
+            "trainer replaces: move those files away, then try again"
+        )
     if chosen is not None and chosen != folder:
-        if folder.exists():
-            shutil.rmtree(folder)
+        if os.path.lexists(folder):
+            _remove(folder)
         os.replace(chosen, folder)
         _fsync(folder.parent)
-    for spare in (_sibling(folder, ".tmp"), _sibling(folder, ".old")):
-        if spare.exists():
-            shutil.rmtree(spare)
+    for spare in spares:
+        if os.path.lexists(spare):
+            _remove(spare)
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -379,22 +462,59 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     for name in ("best", "last"):
         if (found := _choose(path / name)) is not None:
             return found
+    if (path / "meta.json").is_file():  # a prepared dataset: the run goes into a folder of its own
+        run = run_folder_for(path)
+        train = command_line("nanogpt", "train", "--data", path, "--out", run)
+        raise CheckpointError(
+            f"{path} is a prepared dataset, not a checkpoint: train a model on it with `{train}`, "
+            f"then sample with `{command_line('nanogpt', 'sample', '--ckpt', run)}`"
+        )
+    fresh = not path.exists() or (path.is_dir() and not any(path.iterdir()))  # never a run among other files
+    train = f"Train one with `{command_line('nanogpt', 'train', '--out', path)}`, or check" if fresh else "Check"
     raise CheckpointError(
         f"no checkpoint at {path}: expected a folder holding state.json, or a run folder with best/ or last/ "
-        f"in it. Train one with `nanogpt train --out {path}`, or check the path"
+        f"in it. {train} the path"
     )
+
+
+# chapters/A2_checkpoints.md, code cell 14
+def _check_rng(state: dict[str, Any], path: Path) -> None:
+    """Refuse random generators' states that PyTorch would not take back: a damaged or forged `rng` field."""
+    rng, size, world = state["rng"], len(torch.Generator().get_state()), state["world_size"]
+    cpu, cuda = rng.get("torch"), rng.get("cuda", [None] * world)  # CUDA's only where the run used a GPU
+    if not (isinstance(cpu, list) and isinstance(cuda, list) and len(cpu) == len(cuda) == world):
+        raise CheckpointError(f"{path}: the field 'rng' does not hold one state per process ({world})")
+    wanted = [("batches", rng.get("batches"), size)] + [(f"torch[{i}]", s, size) for i, s in enumerate(cpu)]
+    cuda = [] if "cuda" not in rng else [(f"cuda[{i}]", s, None) for i, s in enumerate(cuda)]
+    for name, text, length in wanted + cuda:
+        try:
+            raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+        except ValueError:  # not base64
+            raw = b""
+        if not raw or length is not None and len(raw) != length:
+            raise CheckpointError(
+                f"{path}: rng.{name} is not the state of a PyTorch random generator ({len(raw)} bytes"
+                f"{f', not {length}' if length else ''}): the file is damaged or was not written by the trainer. "
+                "Resume from another checkpoint, or start over with --overwrite"
+            )
 
 
 def last_checkpoint(out: Path) -> Path:
     """The checkpoint to resume the run in `out` from, with the fields resuming needs."""
     folder = _choose(out / "last")
     if folder is None:
-        raise CheckpointError(f"no checkpoint to resume in {out} (no last/state.json); train without --resume first")
-    _require(_read_json(folder / "state.json"), RESUME_KEYS, folder / "state.json")
+        why = ("its run stopped before writing its first checkpoint (every --eval-interval steps)"
+               if os.path.lexists(out / MANIFEST) else "there is no run there")  # fmt: skip
+        raise CheckpointError(
+            f"no checkpoint to resume in {out}: {why}. Train without --resume, which starts a run there"
+        )
+    state = _read_json(folder / "state.json")
+    _require(state, RESUME_KEYS, folder / "state.json")
+    _check_rng(state, folder / "state.json")
     return folder
 
 
-# chapters/A2_checkpoints.md, code cell 16
+# chapters/A2_checkpoints.md, code cell 17
 def _model_config(state: dict[str, Any], path: Path) -> GPTConfig:
     """The config a `state.json` declares, of the registered kind that knows its fields (`config_from_dict`:
     GPT-2's, or a later chapter's), refused before anything is built if its sizes are absurd."""
@@ -431,13 +551,24 @@ def _check_header(model: nn.Module, file: Path) -> None:
         )
 
 
-# chapters/A2_checkpoints.md, code cell 17
+# chapters/A2_checkpoints.md, code cell 18
+def nonfinite_tensor(model: nn.Module) -> str | None:
+    """The name of the first parameter of `model` holding a NaN or an infinity, or None when every one is finite."""
+    return next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+
+
 def load_weights(model: nn.Module, file: Path) -> None:
+    """Load the weights `file` holds into `model`, refusing a file of other shapes or with non-finite numbers."""
     _check_header(model, file)
     try:
         load_model(model, str(file), strict=True)
     except Exception as e:  # safetensors' own errors, or tensors of the wrong names or shapes
         raise CheckpointError(f"{file} does not hold weights for this model ({e})") from e
+    if (bad := nonfinite_tensor(model)) is not None:
+        raise CheckpointError(
+            f"the checkpoint {file.parent} holds weights that are not finite numbers (NaN or infinity; the first: "
+            f"{bad}): its run had diverged. Use an earlier checkpoint, such as the run's best/, or train again"
+        )
 
 
 def load_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
@@ -488,119 +619,105 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
     return model, tokenizer, info
 
 
-# chapters/A2_checkpoints.md, code cell 19
-LOCK_FILE = ".nanogpt.lock"
-_held: dict[str, int] = {}  # the output folders this process has locked, and the lock files' descriptors
-
-
-def _lock_holder(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
+# chapters/A2_checkpoints.md, code cell 20
 def lock_out_dir(out: Path) -> None:
-    """Lock the run folder `out` for this process; refuse at once, naming its PID, if another trainer has it.
+    """Lock the run folder `out` for this trainer; refuse at once, naming its PID, if another process has it.
 
-    The lock is the operating system's (`flock`), so it goes away with the process that held it: a lock
-    file left by a killed run does not block the next one. Release it with `unlock_out_dir`.
+    Appendix A1's `lock_folder`: an operating-system lock that goes away with the process that held it, on a
+    lock file never opened through a link. Release it with `unlock_out_dir`.
     """
-    if fcntl is None:
-        return
-    path = out / LOCK_FILE
-    key = str(path.resolve())
-    unlock_out_dir(out)  # this process's own earlier lock (a run that stopped with an error) is taken over
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if not isinstance(e, BlockingIOError):  # a file system without locks (some network ones)
-                warnings.warn(f"cannot lock {path} ({e}); make sure no other trainer writes to {out}", stacklevel=2)
-                return
-            raise RuntimeError(
-                f"{out} is in use by another trainer (PID {_lock_holder(path)}): wait for it to finish, stop it, "
-                "or train into another folder with --out"
-            ) from None
-        try:  # the previous holder may have deleted the file between our open and our lock: then retry
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _held[key] = fd
+    lock_folder(out, who="trainer")
 
 
 def unlock_out_dir(out: Path) -> None:
-    """Release this process's lock on `out`, if it holds one, and remove the lock file."""
-    path = out / LOCK_FILE
-    fd = _held.pop(str(path.resolve()), None)
-    if fd is not None:
-        path.unlink(missing_ok=True)  # while still locked, so nobody else holds a lock on it
-        os.close(fd)
+    """Release this process's lock on the run folder `out`, if it holds one, and remove the lock file."""
+    unlock_folder(out)
 
 
-# chapters/A2_checkpoints.md, code cell 20
+# chapters/A2_checkpoints.md, code cell 21
 RUN_FILES = ("last", "best", "metrics.jsonl", "last.old", "best.old", "last.tmp", "best.tmp", "metrics.jsonl.tmp")
+SCRATCH = ("last.old", "best.old", "last.tmp", "best.tmp", "metrics.jsonl.tmp")  # names only the trainer uses
 MANIFEST = "nanogpt_run.json"
 
 
-def _write_manifest(out: Path) -> None:
-    """Record in `out` which names the trainer writes there: `--overwrite` deletes those and nothing else."""
-    manifest = {"format": "nanogpt-run", "files": list(RUN_FILES)}
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of the run folder `out` as the trainer writes it, or None (missing, a link, damaged, foreign)."""
     path = out / MANIFEST
-    if not path.exists() or json.loads(path.read_text(encoding="utf-8")) != manifest:
-        tmp = _sibling(path, ".tmp")
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(_read_limited(path, 1 << 16))
+    except (OSError, ValueError, RecursionError):  # CheckpointError and JSON's errors are ValueErrors
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == "nanogpt-run" else None
+
+
+def _write_manifest(out: Path) -> None:
+    """Record in `out` which names the trainer writes there, and which files its checkpoint folders hold."""
+    inside = [*CHECKPOINT_FILES, "state.json"]
+    manifest = {"format": "nanogpt-run", "files": list(RUN_FILES), "checkpoint_files": inside}
+    if _read_manifest(out) != manifest:
+        tmp = out / (MANIFEST + ".tmp")
         _write_text(tmp, json.dumps(manifest, indent=1) + "\n")
-        os.replace(tmp, path)
+        os.replace(tmp, out / MANIFEST)  # replaces a link at that name, never writes through it
 
 
-def _written_by_trainer(path: Path) -> bool:
-    """Whether `path`, a name in RUN_FILES, holds only what the trainer writes (for runs from before the manifest)."""
-    if path.is_dir():
-        return all(p.is_file() and p.name in (*CHECKPOINT_FILES, "state.json") for p in path.iterdir())
-    return path.is_file()
+def _not_the_trainers(out: Path, name: str) -> list[str]:
+    """What at `out/name`, one of RUN_FILES, the trainer did not write: [] when all of it is the trainer's."""
+    path = out / name
+    if path.is_symlink():  # the trainer never makes a link: one at a scratch name is removed, anywhere else refused
+        return [] if name in SCRATCH else [name]
+    if name.startswith("metrics"):
+        return [] if path.is_file() else [name]
+    return _foreign(path) if path.is_dir() else [name]
 
 
 def _clear_for_new_run(out: Path, overwrite: bool, delete: bool = True) -> None:
     """Make `out` ready for a new run: refuse if it holds one (unless `overwrite`), delete only the trainer's files.
 
-    With `delete=False` it only checks (the other processes of a distributed run, which write nothing).
+    A run folder without a checkpoint (its run stopped before the first one) holds no run: a new run replaces
+    the trainer's files there without --overwrite. With `delete=False` it only checks (the other processes of
+    a distributed run, which write nothing).
     """
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"{out} already holds a run ({', '.join(existing)}). Continue it with --resume, start over with "
-            "--overwrite (which deletes it), or choose another folder with --out"
-        )
-    if not overwrite or not existing:
+    existing = [name for name in RUN_FILES if os.path.lexists(out / name)]
+    if not existing:
         return
-    manifest = out / MANIFEST
-    listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", []) if manifest.is_file() else RUN_FILES
-    foreign = [n for n in existing if n not in listed or not (manifest.is_file() or _written_by_trainer(out / n))]
-    if foreign:
+    checkpoints = [f"{name}/" for name in ("last", "best") if _choose(out / name) is not None]
+    if checkpoints and not overwrite:
         raise ValueError(
-            f"{out} holds {', '.join(foreign)}, which the trainer did not write (no {MANIFEST} lists them, and "
-            "they hold other files), so --overwrite will not delete them. Delete them yourself, or choose "
-            "another folder with --out"
+            f"{out} already holds a run (checkpoints {', '.join(checkpoints)}). Continue it with --resume, start "
+            "over with --overwrite (which deletes it), or choose another folder with --out"
         )
-    mine = (*listed, MANIFEST, MANIFEST + ".tmp", LOCK_FILE)
-    others = sorted(p.name for p in out.iterdir() if p.name not in mine)
+    if not checkpoints and not overwrite and _read_manifest(out) is None:
+        raise ValueError(
+            f"{out} holds {', '.join(existing)} but no checkpoint and no {MANIFEST}: it may not be a run folder. "
+            "Start over there with --overwrite (which deletes those), or choose another folder with --out"
+        )
+    if foreign := [found for name in existing for found in _not_the_trainers(out, name)]:
+        raise ValueError(
+            f"{out} holds {', '.join(foreign[:5])}, which the trainer did not write, so neither a new run nor "
+            "--overwrite deletes it. Move those away, or choose another folder with --out"
+        )
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*RUN_FILES, MANIFEST, MANIFEST + ".tmp", LOCK_FILE))
     if others:
         raise ValueError(
-            f"--overwrite deletes only what the trainer wrote, and {out} also holds {', '.join(others[:5])}"
+            f"a new run deletes only what the trainer wrote, and {out} also holds {', '.join(others[:5])}"
             f"{' ...' if len(others) > 5 else ''}: move those away, or choose another folder with --out"
         )
     for name in existing if delete else ():
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        _remove(out / name)
 
 
-# chapters/A2_checkpoints.md, code cell 21
+# chapters/A2_checkpoints.md, code cell 22
+def _finite_file(file: Path) -> bool:
+    """Whether every tensor of the safetensors `file` is finite (no NaN, no infinity), read one at a time."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return all(bool(torch.isfinite(f.get_tensor(name)).all()) for name in f.keys())  # noqa: SIM118
+    except Exception:  # unreadable: not a checkpoint to copy anywhere
+        return False
+
+
 def prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict[str, Any] | None:
     """Check and lock the output folder before anything is written; returns the state to resume from, if any.
 
@@ -628,8 +745,8 @@ def prepare_out_dir(out: Path, config: Any, overwrite: bool, rank: int) -> dict[
         best = _choose(out / "best")
         if state.get("val_loss") is not None and state.get("val_loss") == state.get("best_val_loss") and (
             best is None or read_state(best)["step"] != state["step"]
-        ):  # a crash came between writing last/ and copying it to best/: finish the copy
-            copy_checkpoint(folder, out / "best")
+        ) and _finite_file(folder / "model.safetensors"):  # a crash came between writing last/ and copying it
+            copy_checkpoint(folder, out / "best")  # to best/: finish the copy (of finite weights only)
         return state
     except BaseException:
         unlock_out_dir(out)
@@ -653,20 +770,22 @@ def check_resumable(state: dict[str, Any], model_config: GPTConfig, tokenizer_sp
         )
 
 
-# chapters/A2_checkpoints.md, code cell 22
+# chapters/A2_checkpoints.md, code cell 23
 def metrics_line(row: dict[str, Any]) -> str:
     """One line of `metrics.jsonl`: strict JSON, with a NaN or infinite number written as null."""
     return json.dumps(_finite(row), allow_nan=False) + "\n"
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the metrics logged after `step` (by a run that went on past its last checkpoint).
-
-    A damaged last line (a crash in the middle of writing it) is dropped with a warning; a damaged line
-    anywhere else is an error naming the file and the line.
-    """
-    if not path.exists():
-        return
+def _metrics_kept(path: Path, step: int) -> list[str]:
+    """The lines of the metrics log `path` up to `step`; refuses a link or anything but a file at that name."""
+    if not os.path.lexists(path):
+        return []
+    if path.is_symlink() or not path.is_file():
+        unlock_out_dir(path.parent)
+        raise ValueError(
+            f"{path} is {'a link' if path.is_symlink() else 'not a file'}: the trainer writes its metrics log only as "
+            "a file of its own, never through a link. Move it away (what a link points to is kept), then train again"
+        )
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     keep = []
     for number, line in enumerate(lines, 1):
@@ -674,27 +793,52 @@ def truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line) if line.strip() else None
             if row is not None and not isinstance(row.get("step"), int):
                 raise ValueError("no step")
-        except (ValueError, AttributeError) as e:
+        except (ValueError, AttributeError, RecursionError) as e:
             if number < len(lines):
                 unlock_out_dir(path.parent)
                 raise ValueError(
                     f"{path}, line {number}, is not a metrics row ({e}): delete or repair that line, then resume"
                 ) from None
             warnings.warn(f"{path}: dropped its damaged last line ({line[:40]!r}), written when a run was cut off",
-                          stacklevel=2)  # fmt: skip
+                          stacklevel=3)  # fmt: skip
             continue
         if row is not None and row["step"] <= step:
             keep.append(line)
+    return keep
+
+
+def open_metrics(path: Path, step: int) -> TextIO:
+    """Open the metrics log `path` to append rows, after dropping those logged after `step` (by a run that went on
+    past its last checkpoint).
+
+    The log is always written anew: the rows kept go to a new file `path.tmp` (`create_new`), which is renamed over
+    `path` and returned open, so a row is never written through a link. A damaged last line (a crash in the middle
+    of writing it) is dropped with a warning; a damaged line anywhere else is an error naming the file and the line.
+    """
+    keep = _metrics_kept(path, step)
     tmp = _sibling(path, ".tmp")
+    f = None
     try:
-        _write_text(tmp, "".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        f = create_new(tmp, "w")
+        f.write("".join(line + "\n" for line in keep))
+        f.flush()
+        os.fsync(f.fileno())
+        os.replace(tmp, path)  # a rename replaces a link at `path`; it never writes through it
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if f is not None:
+            f.close()
+            tmp.unlink(missing_ok=True)
         unlock_out_dir(path.parent)
         raise OSError(e.errno, f"cannot rewrite {path}: {e.strerror or e}") from e
+    return f
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows of the metrics log `path` logged after `step`, as `open_metrics` does."""
+    open_metrics(path, step).close()
+
+
+# chapters/A2_checkpoints.md, code cell 24
 class StopFlag:
     """Turns the first Ctrl-C or SIGTERM into a request to stop after the current step; a second one stops at once.
 

@@ -22,6 +22,7 @@ __all__ = [
     "tokenizer_from_meta",
     "load_prepared",
     "prepare_text",
+    "skipped_report",
     "PREPARED_DATASETS",
     "prepare_dataset",
 ]
@@ -49,15 +50,21 @@ from nanogpt_lib.datasets import (  # noqa: F401 (re-exported: nanogpt_lib.data 
     Dataset,
     DownloadError,
     TextSourceError,
+    command_line,
     data_home,
     dataset_env_var,
     dataset_path,
+    describe_path,
     download,
     load_text,
+    lock_folder,
+    prepared_folder_for,
     read_text_pieces,
+    run_folder_for,
     safe_pieces,
     sha256_of,
     text_files,
+    unlock_folder,
     write_prepared,
 )
 
@@ -180,7 +187,7 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
 
 
-# chapters/01_data.md, code cell 14
+# chapters/01_data.md, code cell 13
 def get_batch(
     tokens: np.ndarray,
     batch_size: int,
@@ -313,21 +320,32 @@ def prepare_pieces(
 
     The first (1 - val_fraction) of the tokens are the training split, the rest validation; each
     must hold at least `block_size + 1` tokens. Nothing is kept whole in memory; on failure the
-    files written so far are removed (`write_prepared`). Returns the metadata written to `meta.json`.
+    files written so far are removed (`write_prepared`). `out_dir` is locked meanwhile (`lock_folder`):
+    another preparation into it, or a trainer, is refused. Returns the metadata written to `meta.json`.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     kind, _ = parse_tokenizer(tokenizer)
-    tok, spec, encode = fit_tokenizer(tokenizer, pieces)
-    dtype = token_dtype(tok.vocab_size)
-    head = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name}
-    head.update(vocab_size=tok.vocab_size, tokenizer=spec)
-    text = pieces("encoding")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} {describe_path(out)}, not a folder: give --out a folder for the dataset")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock_folder(out, who="process")  # one writer at a time: another preparation or a trainer is refused
+    text = None
     try:
+        tok, spec, encode = fit_tokenizer(tokenizer, pieces)
+        dtype = token_dtype(tok.vocab_size)
+        head = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "dtype": dtype.name}
+        head.update(vocab_size=tok.vocab_size, tokenizer=spec)
+        text = pieces("encoding")
         tokens_of = text if kind == "char" else safe_pieces(text)  # BPE: cut only where the pattern allows
-        return write_prepared(out_dir, tokens_of, encode, dtype, head, val_fraction, block_size)
+        return write_prepared(out, tokens_of, encode, dtype, head, val_fraction, block_size)
     finally:
         getattr(text, "close", lambda: None)()  # ends a progress bar before any error is shown
+        unlock_folder(out)
+        if created and not any(out.iterdir()):
+            out.rmdir()
 
 
 def prepare_char_dataset(text: str, out_dir: str | os.PathLike, val_fraction: float = 0.1) -> dict:
@@ -407,24 +425,54 @@ def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, block: int = 1 <
 
 
 # chapters/A4_preparing_text.md, code cell 14
+def _not_prepared(folder: Path, advice: str) -> str:
+    """Why `folder` is no prepared dataset, and what to run: never a command that writes prepared data into a
+    folder of text or of runs, or over a file."""
+    if not folder.exists() and not folder.is_symlink():
+        return f"no prepared dataset at {folder} (the folder does not exist); {advice}"
+    if (folder / "nanogpt_run.json").is_file() or any((folder / n / "state.json").is_file() for n in ("last", "best")):
+        return (
+            f"{folder} is a training run (it holds checkpoints), not a prepared dataset: give --data the folder "
+            "that run was trained on, a folder written by `nanogpt prepare`"
+        )
+    if folder.is_file() and (folder.parent / "meta.json").is_file():
+        return f"{folder} is a file of the prepared dataset {folder.parent}: give --data the folder, not a file in it"
+    missing = [n for n in ("meta.json", "train.bin", "val.bin") if not (folder / n).is_file()]
+    if folder.is_dir() and len(missing) < 3:  # a preparation that was cut off, or a file deleted by hand
+        return f"{folder / missing[0]} is missing, so {folder} is not a prepared dataset; {advice}"
+    try:
+        text_files(folder)
+    except (TextSourceError, OSError):
+        if folder.is_dir():
+            return f"{folder / 'meta.json'} is missing, so {folder} is not a prepared dataset; {advice}"
+        return f"{folder} {describe_path(folder)}: --data takes a folder written by `nanogpt prepare`"
+    prepared = prepared_folder_for(folder)
+    prepare = command_line("nanogpt", "prepare", "text", "--source", folder, "--out", prepared)
+    train = command_line("nanogpt", "train", "--data", prepared, "--out", run_folder_for(folder))
+    what = "is a text file" if folder.is_file() else "holds text"
+    return (
+        f"{folder} {what}, not a prepared dataset: --data takes a folder written by `nanogpt prepare`. "
+        f"Prepare the text into a folder of its own, `{prepare}`, then train on that: `{train}`"
+    )
+
+
+# chapters/A4_preparing_text.md, code cell 15
 def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     """Open a folder written by `prepare_text`, `prepare_char_dataset` or `nanogpt prepare`, checked.
 
-    A bare name (`shakespeare_char`) that is not a folder here names one in `data_home()`, so a run
+    A bare name (`shakespeare_char`) that names nothing here names a folder in `data_home()`, so a run
     finds the dataset `nanogpt prepare NAME` wrote whatever the working folder.
     """
     folder = Path(data_dir)
-    if len(folder.parts) == 1 and not folder.is_dir():
+    if len(folder.parts) == 1 and not folder.exists() and not folder.is_symlink():
         folder = data_home() / folder
     advice = (
-        f"run `nanogpt prepare shakespeare_char --out {folder}` for tiny Shakespeare, "
-        f"or `nanogpt prepare text --source FILE_OR_FOLDER --out {folder}` for your own text"
+        f"run `{command_line('nanogpt', 'prepare', 'shakespeare_char', '--out', folder)}` for tiny Shakespeare, "
+        f"or `{command_line('nanogpt', 'prepare', 'text', '--source', 'YOUR_TEXT', '--out', folder)}` for your own "
+        "text (YOUR_TEXT: a UTF-8 file, or a folder of them)"
     )
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no prepared dataset at {folder} (the folder does not exist); {advice}")
-    for fname in ("meta.json", "train.bin", "val.bin"):
-        if not (folder / fname).is_file():
-            raise FileNotFoundError(f"{folder / fname} is missing, so {folder} is not a prepared dataset; {advice}")
+    if any(not (folder / fname).is_file() for fname in ("meta.json", "train.bin", "val.bin")):
+        raise FileNotFoundError(_not_prepared(folder, advice))
     meta = _read_meta(folder / "meta.json", advice)
     dtype, vocab_size = np.dtype(meta["dtype"]), meta["vocab_size"]
     try:
@@ -452,7 +500,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     return PreparedData(splits["train"], splits["val"], meta, tokenizer, vocab_size)
 
 
-# chapters/A4_preparing_text.md, code cell 16
+# chapters/A4_preparing_text.md, code cell 17
 def prepare_text(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -465,24 +513,64 @@ def prepare_text(
 
     `tokenizer` is "char", "gpt2" or "bpe:N"; both splits must hold `block_size + 1` tokens.
     `progress` shows a bar (tqdm, on stderr) for each pass over the text. Returns the metadata
-    written to meta.json, with `out_dir`, `files` (read) and `binary_skipped` added.
+    written to meta.json, with `out_dir`, `files` (read), `binary_skipped` (a count), and the
+    relative names of what was left out: `skipped` (binary files, names that are no regular file)
+    and `hidden` (names starting with ".").
     """
     from tqdm.auto import tqdm
 
-    files, skipped = text_files(source)
-    total = sum(p.stat().st_size for p in files)
+    found = text_files(source)
+    _check_apart(Path(source), Path(out_dir))
+    total = sum(p.stat().st_size for p in found.files)
     if total == 0:
         raise TextSourceError(f"{source} is empty: there is no text to prepare")
 
     def pieces(label: str) -> Iterator[str]:
         with tqdm(total=total, desc=label, unit="B", unit_scale=True, file=sys.stderr, disable=not progress) as bar:
-            yield from read_text_pieces(files, progress=bar)
+            yield from read_text_pieces(found.files, progress=bar)
 
     meta = prepare_pieces(pieces, out_dir, tokenizer, val_fraction, block_size)
-    return {**meta, "out_dir": str(out_dir), "files": len(files), "binary_skipped": skipped}
+    names = {kind: [p.relative_to(source).as_posix() for p in getattr(found, kind)] for kind in ("binary", "other")}
+    return {**meta, "out_dir": str(out_dir), "files": len(found.files), "binary_skipped": len(found.binary),
+            "skipped": sorted(names["binary"] + names["other"]),
+            "hidden": [p.relative_to(source).as_posix() for p in found.hidden]}  # fmt: skip
 
 
-# chapters/A4_preparing_text.md, code cell 18
+def _check_apart(source: Path, out: Path) -> None:
+    """Refuse an output folder inside the source folder (the next preparation would read it as text), or one
+    where the preparation would replace the source file itself."""
+    src, dst = source.resolve(), out.resolve()
+    if src.is_dir() and (dst == src or src in dst.parents):
+        where = "is --source itself" if dst == src else f"is inside --source {source}"
+        raise ValueError(
+            f"--out {out} {where}: the next preparation of {source} would read the prepared files as text. Keep "
+            f"prepared data apart from the text, e.g. `{command_line('--out', prepared_folder_for(source))}`"
+        )
+    written = [f"{name}{tmp}" for name in ("train.bin", "val.bin", "meta.json") for tmp in ("", ".tmp")]
+    if src.parent == dst and src.name in written:
+        raise ValueError(f"--source {source} is a file that preparing into --out {out} would replace: change --out")
+
+
+def skipped_report(result: dict, limit: int | None = 3) -> list[str]:
+    """What `prepare_text` left out, as lines for the reader: the skipped files' names (the first `limit` of them,
+    all with None) and count, and the hidden names. No lines when nothing was left out."""
+
+    def some(names: list[str]) -> str:
+        shown = names if limit is None else names[:limit]
+        more = f" and {len(names) - len(shown)} more (--verbose names them all)" if len(shown) < len(names) else ""
+        return ", ".join(shown) + more
+
+    lines, skipped, hidden = [], result.get("skipped", []), result.get("hidden", [])
+    if skipped:
+        binary = len(skipped) == result.get("binary_skipped")
+        what = "binary file(s)" if binary else "file(s) that are not text (binary, or not a regular file)"
+        lines.append(f"skipped {len(skipped)} {what}: {some(skipped)}")
+    if hidden:
+        lines.append(f"left out {len(hidden)} hidden file(s) or folder(s), whose names start with '.': {some(hidden)}")
+    return lines
+
+
+# chapters/A4_preparing_text.md, code cell 19
 PREPARED_DATASETS: dict[str, str] = {"shakespeare_char": "tinyshakespeare", "shakespeare": "tinyshakespeare"}
 
 
@@ -504,7 +592,7 @@ def prepare_dataset(
     if name not in PREPARED_DATASETS:
         raise ValueError(
             f"unknown prepared dataset {name!r}; known: {', '.join(sorted(PREPARED_DATASETS))}. "
-            "For your own text use `nanogpt prepare text --source FILE_OR_FOLDER --out DIR`"
+            "For your own text use prepare_text(source, out_dir), the command `nanogpt prepare text`"
         )
     kind, size = parse_tokenizer(tokenizer)
     if name.endswith("_char") and kind != "char":

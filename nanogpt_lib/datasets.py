@@ -13,13 +13,22 @@ __all__ = [
     "DATASETS",
     "dataset_env_var",
     "data_home",
+    "describe_path",
+    "command_line",
+    "unused_folder",
+    "run_folder_for",
+    "prepared_folder_for",
     "dataset_path",
     "load_text",
     "TextSourceError",
+    "TextSource",
     "text_files",
     "read_text_pieces",
     "safe_pieces",
     "create_new",
+    "LOCK_FILE",
+    "lock_folder",
+    "unlock_folder",
     "write_prepared",
 ]
 
@@ -29,10 +38,13 @@ import errno
 import hashlib
 import json
 import os
+import shlex
+import stat
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +52,11 @@ import numpy as np
 import regex
 
 # chapters/A1_data_engineering.md, code cell 3
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; folders are not locked there
+    fcntl = None
+
 PIECE_CHARS = 1 << 18  # how much text is decoded, encoded and written at a time
 
 
@@ -145,6 +162,71 @@ def data_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "nanogpt"
 
 
+# chapters/A1_data_engineering.md, code cell 8
+def describe_path(path: str | os.PathLike) -> str:
+    """What `path` is, for a message about a path that is not what was expected: "does not exist", "is a folder",
+    "is a named pipe (FIFO), not a regular file", "is a broken symbolic link (to ...)"."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"is a broken symbolic link (to {os.readlink(path)})" if path.is_symlink() else "does not exist"
+    except OSError as e:
+        return f"cannot be examined ({e.strerror})"
+    kinds = {
+        "DIR": "a folder",
+        "REG": "a file",
+        "FIFO": "a named pipe (FIFO)",
+        "CHR": "a character device",
+        "BLK": "a block device",
+        "SOCK": "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if getattr(stat, f"S_IS{test}")(mode)), "a special file")
+    return f"is {kind}" if kind in ("a folder", "a file") else f"is {kind}, not a regular file"
+
+
+def command_line(*words: str | os.PathLike) -> str:
+    """A command as it is typed in a shell, each word quoted where the shell needs it: advice that works if pasted."""
+    return shlex.join(str(word) for word in words)
+
+
+def unused_folder(path: str | os.PathLike) -> Path:
+    """`path`, else `path-2`, `path-3`, ...: the first that does not exist yet (or is an empty folder)."""
+    path, n = Path(path), 1
+    while True:
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        empty = candidate.is_dir() and not any(candidate.iterdir())
+        if not candidate.is_symlink() and (empty or not candidate.exists()):
+            return candidate
+        n += 1
+
+
+def run_folder_for(data: str | os.PathLike) -> Path:
+    """A new folder for a run on `data` (prepared data, or text): `out/<its name>` in the working folder.
+
+    When the working folder is inside `data`, the run goes beside it instead (`<data's parent>/out/<name>`),
+    so that a run never lands inside a folder of data.
+    """
+    data = Path(data).resolve()
+    cwd = Path.cwd().resolve()
+    base = data.parent / "out" if cwd == data or data in cwd.parents else Path("out")
+    return unused_folder(base / (data.stem if data.is_file() else data.name))
+
+
+def prepared_folder_for(source: str | os.PathLike) -> Path:
+    """A new folder for the prepared data of the text `source`, never inside it: `data_home()/<its name>`.
+
+    `notes.txt` gives `data_home()/notes`, the folder `books` gives `data_home()/books`, numbered if taken. When
+    the data location lies inside the folder `source`, the data goes beside it instead: `books-prepared`.
+    """
+    src = Path(source).resolve()
+    folder = unused_folder(data_home() / (src.stem if src.is_file() else src.name))
+    if src.is_dir() and src in folder.parents:
+        folder = unused_folder(src.with_name(f"{src.name}-prepared"))
+    return folder
+
+
+# chapters/A1_data_engineering.md, code cell 9
 def dataset_path(
     name: str = "tinyshakespeare", source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -171,7 +253,8 @@ def dataset_path(
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} (from {origin}) is not a file. Point it at a copy of {ds.filename} from {ds.url}, "
+            f"{path} (from {origin}) is not a file (it {describe_path(path)}). Point it at a copy of "
+            f"{ds.filename} from {ds.url}, "
             f"or leave it unset to download the file into {folder}"
         )
     actual = sha256_of(path)
@@ -179,8 +262,8 @@ def dataset_path(
         raise DownloadError(
             f"{path} (from {origin}) has sha256 {actual}, not the expected {ds.sha256} of {name} "
             f"({ds.size:,} bytes from {ds.url}); it was not used. Point it at an unmodified copy of that file. "
-            f"The checksum applies to the named datasets only: to train on your own text, run "
-            f"`nanogpt prepare text --source {path} --out DIR`."
+            "The checksum applies to the named datasets only: to train on your own text, run "
+            f"`{command_line('nanogpt', 'prepare', 'text', '--source', path, '--out', prepared_folder_for(path))}`."
         )
     return path
 
@@ -192,7 +275,7 @@ def load_text(
     return dataset_path(name, source, data_dir).read_bytes().decode("utf-8")
 
 
-# chapters/A1_data_engineering.md, code cell 9
+# chapters/A1_data_engineering.md, code cell 11
 class TextSourceError(ValueError):
     """Text that cannot be prepared: not UTF-8, binary, empty, or too short to train on."""
 
@@ -202,11 +285,22 @@ def _is_binary(path: Path) -> bool:
         return b"\0" in f.read(8192)
 
 
-def text_files(source: str | os.PathLike) -> tuple[list[Path], int]:
-    """The text files of `source` (a file, or a folder searched recursively) and the number of binary files skipped.
+@dataclass
+class TextSource:
+    """What `text_files` found in a source: the text files, in the order they are read, and what it left out."""
+
+    files: list[Path]
+    binary: list[Path] = field(default_factory=list)  # files with a NUL byte in their first 8 KiB
+    other: list[Path] = field(default_factory=list)  # names that are no regular file: pipes, devices, broken links
+    hidden: list[Path] = field(default_factory=list)  # names starting with "." (a hidden folder is not entered)
+
+
+def text_files(source: str | os.PathLike) -> TextSource:
+    """The text files of `source` (a file, or a folder searched recursively), and the files it skipped.
 
     In a folder, files are taken in the sorted order of their relative paths; names starting with
-    "." are left out; a file with a NUL byte in its first 8 KiB is binary.
+    "." are left out (hidden folders are not entered), and so are names that are no regular file
+    (links to folders are not followed); a file with a NUL byte in its first 8 KiB is binary.
     """
     src = Path(source)
     if src.is_file():
@@ -215,22 +309,34 @@ def text_files(source: str | os.PathLike) -> tuple[list[Path], int]:
                 f"{src} is a binary file (it holds NUL bytes), not text; pass UTF-8 text files. If it is "
                 f"UTF-16 text (Windows editors write it), convert it: `iconv -f utf-16 -t utf-8 {src} > converted.txt`"
             )
-        return [src], 0
+        return TextSource([src])
     if not src.is_dir():
-        raise FileNotFoundError(f"{src} does not exist; pass --source a UTF-8 text file or a folder of them")
-    files, skipped = [], 0
-    for path in sorted(src.rglob("*"), key=lambda p: p.relative_to(src).parts):
-        if any(part.startswith(".") for part in path.relative_to(src).parts) or not path.is_file():
-            continue
-        if _is_binary(path):
-            skipped += 1
-        else:
-            files.append(path)
-    if not files:
-        raise TextSourceError(f"{src} holds no text files ({skipped} binary file(s) skipped); pass UTF-8 text files")
-    return files, skipped
+        what = describe_path(src)
+        error = FileNotFoundError if what == "does not exist" else TextSourceError
+        raise error(f"{src} {what}; pass --source a UTF-8 text file or a folder of them")
+    found = TextSource([])
+    for root, dirs, names in os.walk(src):
+        here = Path(root)
+        found.hidden += [here / d for d in dirs if d.startswith(".")]
+        found.other += [here / d for d in dirs if not d.startswith(".") and (here / d).is_symlink()]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        for name in names:
+            path = here / name
+            kind = found.hidden if name.startswith(".") else found.other if not path.is_file() else None
+            if kind is None:
+                kind = found.binary if _is_binary(path) else found.files
+            kind.append(path)
+    for paths in (found.files, found.binary, found.other, found.hidden):
+        paths.sort(key=lambda p: p.relative_to(src).parts)
+    if not found.files:
+        hidden = f"; hidden names, starting with '.', are left out: {len(found.hidden)}" if found.hidden else ""
+        raise TextSourceError(
+            f"{src} holds no text files ({len(found.binary)} binary file(s) skipped{hidden}); pass UTF-8 text files"
+        )
+    return found
 
 
+# chapters/A1_data_engineering.md, code cell 12
 def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress=None) -> Iterator[str]:
     """The text of `files` strictly decoded as UTF-8, in pieces of at most `piece_bytes` bytes.
 
@@ -265,7 +371,7 @@ def read_text_pieces(files: list[Path], piece_bytes: int = PIECE_CHARS, progress
                     break
 
 
-# chapters/A1_data_engineering.md, code cell 12
+# chapters/A1_data_engineering.md, code cell 15
 _SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")  # searched from the end: the last safe point
 
 
@@ -284,7 +390,7 @@ def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
         yield carry
 
 
-# chapters/A1_data_engineering.md, code cell 14
+# chapters/A1_data_engineering.md, code cell 17
 def create_new(path: str | os.PathLike, mode: str = "wb", replace: bool = True):
     """Open `path` as a new file for writing, never through a symbolic link and never into an existing file.
 
@@ -299,13 +405,96 @@ def create_new(path: str | os.PathLike, mode: str = "wb", replace: bool = True):
         fd = os.open(path, flags, 0o644)
     except FileExistsError:
         raise FileExistsError(
-            errno.EEXIST, f"{path} appeared while this file was being written (another process?): nothing was "
-            "written through it. Check what is writing into that folder, then try again", str(path)
+            errno.EEXIST,
+            f"{path} appeared while this file was being written (another process?): nothing was "
+            "written through it. Check what is writing into that folder, then try again",
+            str(path),
         ) from None
     return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
-# chapters/A1_data_engineering.md, code cell 15
+# chapters/A1_data_engineering.md, code cell 18
+LOCK_FILE = ".nanogpt.lock"
+_held: dict[str, int] = {}  # the folders this process has locked, and their lock files' descriptors
+
+
+def _lock_holder(path: Path) -> str:
+    """The PID written in the lock file `path`, read without following a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return "unknown"
+    try:
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+    finally:
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file `path`: a regular file with no other name, never opened through a link."""
+    for _ in range(10):
+        if path.is_symlink():
+            path.unlink()  # the link goes, never what it points to
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise RuntimeError(f"cannot use {path} as a lock file ({e.strerror}): remove it, then try again") from None
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            return fd
+        os.close(fd)
+        path.unlink()  # a pipe, or a second name of another file: never written, replaced by a new file
+    raise RuntimeError(f"{path} keeps being replaced while it is opened: check what writes into {path.parent}")
+
+
+def lock_folder(folder: str | os.PathLike, who: str = "trainer") -> None:
+    """Lock `folder` for this process, or refuse at once, naming the PID of the process that has it.
+
+    The lock is the operating system's (`flock` on `folder/.nanogpt.lock`), so it goes away with the process
+    that held it. `who` names the kind of writer in the refusal ("in use by another trainer"). This process's
+    own earlier lock on `folder` is taken over. Release it with `unlock_folder`.
+    """
+    if fcntl is None:
+        return
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    unlock_folder(folder)
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if not isinstance(e, BlockingIOError):  # a file system without locks (some network ones)
+                warnings.warn(f"cannot lock {path} ({e}); make sure nothing else writes to {folder}", stacklevel=2)
+                return
+            raise RuntimeError(
+                f"{folder} is in use by another {who} (PID {_lock_holder(path)}): wait for it to finish, stop it, "
+                "or choose another folder with --out"
+            ) from None
+        try:  # the previous holder may have deleted the file between our open and our lock: then retry
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[str(folder.resolve())] = fd
+
+
+def unlock_folder(folder: str | os.PathLike) -> None:
+    """Release this process's lock on `folder`, if it holds one, and remove the lock file."""
+    folder = Path(folder)
+    fd = _held.pop(str(folder.resolve()), None)
+    if fd is not None:
+        (folder / LOCK_FILE).unlink(missing_ok=True)  # while still locked, so nobody else holds a lock on it
+        os.close(fd)
+
+
+# chapters/A1_data_engineering.md, code cell 20
 def _write_tokens(pieces: Iterable[str], encode: Callable, dtype: np.dtype, path: Path) -> tuple[int, str]:
     """Encode `pieces` one by one into the raw token file `path`; returns (tokens, sha256 of the text)."""
     digest, count = hashlib.sha256(), 0
@@ -334,11 +523,11 @@ def _split_point(n_tokens: int, val_fraction: float, block_size: int) -> int:
 
 def _move_tail(src: Path, dst: Path, start: int) -> None:
     """Move the bytes of `src` from `start` on into the new file `dst`, in blocks."""
-    with open(src, "rb") as f, create_new(dst) as out:
+    with os.fdopen(os.open(src, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)), "r+b") as f, create_new(dst) as out:
         f.seek(start)
         while block := f.read(1 << 20):
             out.write(block)
-    os.truncate(src, start)
+        f.truncate(start)
 
 
 def _write_json(path: Path, obj: dict) -> None:

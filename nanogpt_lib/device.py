@@ -98,7 +98,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     return torch.device(name)
 
 
-# chapters/00_setup.md, code cell 5
+# chapters/00_setup.md, code cell 7
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -178,7 +178,7 @@ def pick_precision(device: torch.device | str, prefer: str | None = None) -> Pre
     return Precision(name, device_type)
 
 
-# chapters/00_setup.md, code cell 8
+# chapters/00_setup.md, code cell 10
 def measure_matmul_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5
 ) -> float:
@@ -192,8 +192,9 @@ def measure_matmul_flops(
         t0 = time.perf_counter()
         a @ b
         synchronize(device)
+        seconds = time.perf_counter() - t0
         if i > 0:  # the first run warms up (allocations, kernel selection) and is not counted
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, seconds)
     return 2 * n**3 / best
 
 
@@ -226,7 +227,7 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
-# chapters/00_setup.md, code cell 11
+# chapters/00_setup.md, code cell 13
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (every device's) random number generators."""
     if not isinstance(seed, int) or seed < 0:
@@ -236,7 +237,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# chapters/00_setup.md, code cell 13
+# chapters/00_setup.md, code cell 15
 def environment_report() -> dict[str, str]:
     """Python, PyTorch, the devices found, and the precision each would use."""
     report = {

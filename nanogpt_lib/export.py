@@ -44,6 +44,8 @@ import inspect
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -77,7 +79,7 @@ class PastCache:
         return k, v
 
 
-# chapters/11_anywhere.md, code cell 6
+# chapters/11_anywhere.md, code cell 5
 def decode_step(model: Any, cat: Callable, input_ids: Any, *pasts: Any) -> tuple:
     """`GPT.forward` with a `PastCache`, blocks asked for weights: attention's explicit path, with no `if` to freeze."""
     cache = PastCache(pasts, cat)
@@ -87,7 +89,7 @@ def decode_step(model: Any, cat: Callable, input_ids: Any, *pasts: Any) -> tuple
     return (model.head(model.transformer.ln_f(x)), *cache.presents)
 
 
-# chapters/11_anywhere.md, code cell 7
+# chapters/11_anywhere.md, code cell 6
 def rms_norm_symbolic(g: Any, x: Any, normalized_shape: Any, weight: Any, eps: Any) -> Any:
     """`F.rms_norm` over the last dimension in ONNX operators: x / sqrt(mean(x²) + eps) · weight."""
     mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=[-1], keepdims_i=1)
@@ -125,7 +127,8 @@ def export_onnx(model: Any, path: str | os.PathLike, tokenizer: Any = None, opse
     step.forward = functools.partial(decode_step, step, torch.cat)  # the copy's forward: one decoding step
     c = step.config
     inputs, outputs = io_names(c.n_layer)
-    pasts = [torch.zeros(1, c.n_head, 1, c.n_embd // c.n_head)] * len(inputs[1:])
+    kv_heads = getattr(c, "n_kv_head", None) or c.n_head  # chapter 9's grouped-query attention caches fewer
+    pasts = [torch.zeros(1, kv_heads, 1, c.n_embd // c.n_head)] * len(inputs[1:])
     example = (torch.zeros(1, 2, dtype=torch.long), *pasts)
     axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
     axes |= {name: {0: "batch", 2: "past"} for name in inputs[1:]}
@@ -133,7 +136,8 @@ def export_onnx(model: Any, path: str | os.PathLike, tokenizer: Any = None, opse
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm_symbolic, opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    private = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))  # new and ours: no link in it
+    tmp = private / path.name
     try:
         with warnings.catch_warnings():  # the tracer warns at each Python `if` on a shape (see the chapter)
             warnings.simplefilter("ignore")
@@ -146,18 +150,19 @@ def export_onnx(model: Any, path: str | os.PathLike, tokenizer: Any = None, opse
         onnx.save(graph, str(tmp))
         with torch.no_grad():
             check_graph(tmp, lambda ids: type(step).forward(step, torch.from_numpy(ids), all_logits=True)[0].numpy())
+        if tokenizer is not None:
+            text = json.dumps(self_contained(tokenizer), ensure_ascii=False) + "\n"
+            tokenizer_file(tmp).write_text(text, encoding="utf-8")
+            os.replace(tokenizer_file(tmp), tokenizer_file(path))  # a rename replaces a link, never writes through it
         os.replace(tmp, path)
     except torch.onnx.errors.UnsupportedOperatorError as e:
         raise ValueError(f"a {type(model).__name__} cannot be written as an ONNX graph: {e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    if tokenizer is not None:
-        text = json.dumps(self_contained(tokenizer), ensure_ascii=False) + "\n"
-        tokenizer_file(path).write_text(text, encoding="utf-8")
+        shutil.rmtree(private, ignore_errors=True)
     return path
 
 
-# chapters/11_anywhere.md, code cell 8
+# chapters/11_anywhere.md, code cell 7
 def open_graph(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session for the graph at `path`, on the CPU with `threads` threads (None: its choice)."""
     options = ort.SessionOptions()
@@ -206,7 +211,7 @@ def check_graph(path: str | os.PathLike, reference: Callable, atol: float = 1e-4
     return float(worst)
 
 
-# chapters/11_anywhere.md, code cell 12
+# chapters/11_anywhere.md, code cell 11
 class CharCodec:
     """Chapter 01's CharTokenizer read from its description without PyTorch: the same ids, encode and decode."""
 
@@ -238,7 +243,7 @@ def load_tokenizer(onnx_path: str | os.PathLike) -> CharCodec | BPETokenizer:
     return CharCodec(spec) if spec.get("type") == "char" else BPETokenizer.from_dict(spec)
 
 
-# chapters/11_anywhere.md, code cell 14
+# chapters/11_anywhere.md, code cell 13
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Refuse what chapter 06's `check_sampling_args` refuses: temperature < 0, top_k < 1, top_p outside (0, 1]."""
     if not temperature >= 0:
@@ -295,7 +300,7 @@ def sample_next_np(logits: np.ndarray, temperature: float = 1.0, top_k: int | No
     return (cdf < u * cdf[:, -1:]).sum(axis=-1, keepdims=True)  # the first token whose cdf reaches u
 
 
-# chapters/11_anywhere.md, code cell 16
+# chapters/11_anywhere.md, code cell 14
 class OnnxSampler:
     """Chapter 06's `generate` on an exported graph (its path or a session): ONNX Runtime and NumPy, no PyTorch."""
 
@@ -350,28 +355,29 @@ def generate_onnx(
     return sampler.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
 
-# chapters/11_anywhere.md, code cell 18
+# chapters/11_anywhere.md, code cell 16
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """`src`'s graph with 8-bit weights (ONNX Runtime's dynamic quantization) in `dst`, its tokenizer beside it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # imports onnx: only quantizing needs it
 
     src, dst = Path(src), Path(dst)
     graph_meta(open_graph(src))  # refuse a graph that export_onnx did not write
-    tmp, root = dst.with_name(f".{dst.name}.tmp"), logging.getLogger()
-    level = root.level
+    private, root = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.")), logging.getLogger()
+    tmp, level = private / dst.name, root.level
     root.setLevel(logging.ERROR)  # it logs advice about preprocessing image models at WARNING
     try:
         quantize_dynamic(src, tmp, weight_type=QuantType.QInt8)
+        if tokenizer_file(src).is_file() and tokenizer_file(src) != tokenizer_file(dst):
+            shutil.copyfile(tokenizer_file(src), tokenizer_file(tmp))
+            os.replace(tokenizer_file(tmp), tokenizer_file(dst))
         os.replace(tmp, dst)
     finally:
         root.setLevel(level)
-        tmp.unlink(missing_ok=True)
-    if tokenizer_file(src).is_file() and tokenizer_file(src) != tokenizer_file(dst):
-        tokenizer_file(dst).write_bytes(tokenizer_file(src).read_bytes())
+        shutil.rmtree(private, ignore_errors=True)
     return dst
 
 
-# chapters/11_anywhere.md, code cell 20
+# chapters/11_anywhere.md, code cell 18
 def onnx_texts(sampler: OnnxSampler, tokenizer: Any, prompt: str, max_new_tokens: int, num_samples: int = 1,
                stop: str | None = None, **options: Any) -> Iterator[list[str]]:  # fmt: skip
     """After each step, every sample's continuation so far, cut where `stop` first appears; ends when all have it."""
@@ -406,7 +412,7 @@ def stream_onnx_text(sampler: OnnxSampler, tokenizer: Any, prompt: str, max_new_
         yield text[shown:]
 
 
-# chapters/11_anywhere.md, code cell 22
+# chapters/11_anywhere.md, code cell 20
 ORT_WEB_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")  # ONNX Runtime Web: module, binary
 ORT_WEB_ENV = "NANOGPT_ORT_WEB"  # its folder, where the project's node_modules is not at hand
 STATIC = Path(nanogpt_lib.__file__).resolve().parent / "static"  # the widget's ES module and CSS, in the package

@@ -10,8 +10,6 @@ __all__ = [
     "top_p_filter",
     "sample_next",
     "KVCache",
-    "sample_memory_bytes",
-    "check_sample_fits",
     "next_token_logits",
     "generate_stream",
     "generate",
@@ -19,6 +17,8 @@ __all__ = [
     "encode_prompt",
     "stream_text",
     "generate_text",
+    "sample_memory_bytes",
+    "check_sample_fits",
 ]
 
 
@@ -145,37 +145,6 @@ class KVCache:
 
 
 # chapters/06_sampling.md, code cell 19
-def sample_memory_bytes(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> int:
-    """About how many bytes generating `batch` rows of up to `length` tokens needs besides the weights.
-
-    The KV cache (keys and values of every layer for the whole context), one forward pass's widest
-    activations (the MLP's 4x-wide layer and the attention scores) and the float32 logits and probabilities.
-    """
-    c = model.config
-    T = min(length, c.block_size)
-    size = next(model.parameters()).element_size()
-    cache = 2 * c.n_layer * batch * c.block_size * c.n_embd * size if use_cache else 0
-    widest = batch * T * (8 * c.n_embd + c.n_head * T) * size
-    return cache + widest + 2 * batch * c.vocab_size * 4
-
-
-def _bytes(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def check_sample_fits(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> None:
-    """Refuse, before anything is allocated, a request whose estimate exceeds the device's free memory."""
-    device = next(model.parameters()).device
-    need, free = sample_memory_bytes(model, batch, length, use_cache), free_memory(device)
-    if free is not None and need > free:
-        raise ValueError(
-            f"{batch} samples of up to {length} tokens needs about {_bytes(need)} of memory (mostly the KV cache "
-            f"of {model.config.n_layer} layers x {model.config.block_size} positions per sample), but only "
-            f"{_bytes(free)} is free on {device}; ask for fewer samples at once (--num-samples)"
-        )
-
-
-# chapters/06_sampling.md, code cell 20
 def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
     """Logits (B, vocab) for the token after `idx` (B, T), exactly as a full forward pass would give them.
 
@@ -198,7 +167,7 @@ def next_token_logits(model: nn.Module, idx: torch.Tensor, cache: KVCache | None
     return logits[:, -1]
 
 
-# chapters/06_sampling.md, code cell 21
+# chapters/06_sampling.md, code cell 20
 @torch.inference_mode()  # like no_grad, and lighter: a generation step is short, so overhead counts
 def generate_stream(
     model: nn.Module,
@@ -263,7 +232,7 @@ def generate(
     return torch.cat([idx, *new], dim=1)
 
 
-# chapters/A6_sampling_engineering.md, code cell 4
+# chapters/A6_sampling_engineering.md, code cell 6
 DEFAULT_PROMPT = "\n"
 
 
@@ -289,7 +258,7 @@ def encode_prompt(tokenizer, prompt: str, device: torch.device | str = "cpu") ->
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-# chapters/A6_sampling_engineering.md, code cell 7
+# chapters/A6_sampling_engineering.md, code cell 9
 def _held_back(text: str, stop: str) -> int:
     """How many characters at the end of `text` could be the start of `stop` (so may not be shown yet)."""
     for n in range(min(len(stop) - 1, len(text)), 0, -1):
@@ -339,7 +308,7 @@ def stream_text(
         yield text[shown:]
 
 
-# chapters/A6_sampling_engineering.md, code cell 10
+# chapters/A6_sampling_engineering.md, code cell 12
 def generate_text(
     model: nn.Module,
     tokenizer,
@@ -372,3 +341,34 @@ def generate_text(
                 break
     texts = [tokenizer.decode(row) for row in rows]
     return [t.split(stop, 1)[0] if stop is not None else t for t in texts]
+
+
+# chapters/A6_sampling_engineering.md, code cell 17
+def sample_memory_bytes(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> int:
+    """About how many bytes generating `batch` rows of up to `length` tokens needs besides the weights.
+
+    The KV cache (keys and values of every layer for the whole context), one forward pass's widest
+    activations (the MLP's 4x-wide layer and the attention scores) and the float32 logits and probabilities.
+    """
+    c = model.config
+    T = min(length, c.block_size)
+    size = next(model.parameters()).element_size()
+    cache = 2 * c.n_layer * batch * c.block_size * c.n_embd * size if use_cache else 0
+    widest = batch * T * (8 * c.n_embd + c.n_head * T) * size
+    return cache + widest + 2 * batch * c.vocab_size * 4
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_sample_fits(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> None:
+    """Refuse, before anything is allocated, a request whose estimate exceeds the device's free memory."""
+    device = next(model.parameters()).device
+    need, free = sample_memory_bytes(model, batch, length, use_cache), free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"{batch} samples of up to {length} tokens needs about {_bytes(need)} of memory (mostly the KV cache "
+            f"of {model.config.n_layer} layers x {model.config.block_size} positions per sample), but only "
+            f"{_bytes(free)} is free on {device}; ask for fewer samples at once (--num-samples)"
+        )

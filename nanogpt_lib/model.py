@@ -85,7 +85,7 @@ class GPTConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.OPTIONAL_FIELDS or v != default[k]}
 
 
-# chapters/04_gpt.md, code cell 9
+# chapters/04_gpt.md, code cell 8
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -133,7 +133,7 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
-# chapters/04_gpt.md, code cell 10
+# chapters/04_gpt.md, code cell 9
 def init_weights(model: nn.Module, config: GPTConfig) -> None:
     """GPT-2's initialisation: weights normal(0, 0.02), biases zero, the residual projections `c_proj` with std
     0.02/√(2·n_layer)."""
@@ -163,7 +163,7 @@ def check_input(idx: torch.Tensor, start: int, block_size: int) -> None:
         )
 
 
-# chapters/04_gpt.md, code cell 11
+# chapters/04_gpt.md, code cell 10
 class GPT(nn.Module):
     """A GPT-2-style decoder: token + position embeddings, n_layer blocks, a final LayerNorm, a tied LM head.
     With a KV cache (chapter 06), new tokens start at `cache.pos`, which the caller, never the model, advances."""
@@ -245,7 +245,7 @@ class GPT(nn.Module):
         return weights
 
 
-# chapters/04_gpt.md, code cell 12
+# chapters/04_gpt.md, code cell 11
 MODELS: dict[type, type] = {}  # config class -> model class; every kind of model registers itself
 
 

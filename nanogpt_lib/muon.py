@@ -54,7 +54,7 @@ def newton_schulz(
     return (X.mT if tall else X).to(G.dtype)
 
 
-# chapters/10_muon.md, code cell 10
+# chapters/10_muon.md, code cell 11
 def muon_param_groups(
     model: nn.Module, weight_decay: float, learning_rate: float, muon_lr: float
 ) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ def muon_param_groups(
     ]
 
 
-# chapters/10_muon.md, code cell 11
+# chapters/10_muon.md, code cell 12
 def ns_precision(device: torch.device) -> torch.dtype:
     """The dtype Muon orthogonalises in: bf16 where the device multiplies it natively, else fp32."""
     if device.type == "cuda":
@@ -91,7 +91,7 @@ def ns_precision(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32  # AVX-512 BF16, AMX
 
 
-# chapters/10_muon.md, code cell 12
+# chapters/10_muon.md, code cell 13
 class Muon(torch.optim.Optimizer):
     """Muon (eq-muon) on the parameter groups with `muon=True`, AdamW on the others: one optimizer.
 
@@ -169,7 +169,7 @@ class Muon(torch.optim.Optimizer):
             p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
-# chapters/10_muon.md, code cell 14
+# chapters/10_muon.md, code cell 15
 def make_muon(
     model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
     muon_lr: float = 0.02, muon_momentum: float = 0.95,
@@ -182,7 +182,7 @@ def make_muon(
 register_optimizer("muon", make_muon, ("muon_lr", "muon_momentum"))
 
 
-# chapters/10_muon.md, code cell 16
+# chapters/10_muon.md, code cell 17
 def wsd_at(
     step: int,
     learning_rate: float,

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "MAX_PARAM_BYTES",
+    "PretrainedError",
     "HF_ACTIVATIONS",
     "CONV1D",
-    "PretrainedError",
     "config_from_hf",
     "state_dict_from_hf",
     "load_hf_gpt2",
@@ -15,8 +16,17 @@ __all__ = [
     "GPT2_NAMES",
     "GPT2_DIR_ENV",
     "resolve_pretrained",
+    "SAFETENSORS_DTYPES",
+    "read_json_file",
+    "safetensors_header",
+    "MASKS",
     "read_hf_tensors",
     "hf_config_for",
+    "EXPORT_MANIFEST",
+    "EXPORT_FORMAT",
+    "HF_FILES",
+    "check_export_folder",
+    "check_onnx_target",
     "export_hf",
     "export_checkpoint_hf",
     "is_pretrained_source",
@@ -28,38 +38,92 @@ __all__ = [
 
 
 import json
+import math
 import os
-from dataclasses import fields
+import shutil
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from nanogpt_lib.bpe import BPETokenizer
-from nanogpt_lib.checkpoint import load_checkpoint, read_state
+from nanogpt_lib.checkpoint import CHECKPOINT_FORMAT, MANIFEST, MAX_SIZES, MAX_STATE_BYTES, load_checkpoint, read_state
 from nanogpt_lib.data import tokenizer_from_meta
+from nanogpt_lib.datasets import create_new
 from nanogpt_lib.model import GPT, GPTConfig, build_model, config_from_dict
 
 # chapters/08_gpt2.md, code cell 5
-HF_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+MAX_PARAM_BYTES = 64 << 30  # float32 weights beyond 64 GiB (ten times GPT-2 XL's) are refused before they exist
 
 
 class PretrainedError(ValueError):
     """Weights or a configuration that cannot be loaded into (or written from) our GPT."""
 
 
+def _hf_sizes(hf: dict[str, Any], where: str) -> dict[str, int]:
+    """The five sizes of a `config.json`, each a positive whole number within A2's `MAX_SIZES`, or a refusal
+    naming the file and the field."""
+    sizes = {"vocab_size": hf.get("vocab_size"), "n_positions": hf.get("n_positions", hf.get("n_ctx")),
+             "n_layer": hf.get("n_layer"), "n_head": hf.get("n_head"), "n_embd": hf.get("n_embd", 768)}  # fmt: skip
+    for field, value in sizes.items():
+        limit = MAX_SIZES["block_size" if field == "n_positions" else field]
+        if value is None:
+            raise PretrainedError(f"{where} has no {field}: it does not describe a GPT-2 model")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PretrainedError(f"{where}: {field} is {value!r:.40}, not a positive whole number")
+        if value > limit:
+            raise PretrainedError(f"{where}: {field} is {value:,}, beyond the limit of {limit:,}")
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise PretrainedError(f"{where}: n_embd ({sizes['n_embd']}) is not divisible by n_head ({sizes['n_head']}): "
+                              "every head needs n_embd // n_head dimensions")  # fmt: skip
+    return sizes
+
+
+def _memory_limit() -> int:
+    """The most bytes of weights a model may have: MAX_PARAM_BYTES, or this machine's memory if smaller."""
+    try:
+        return min(MAX_PARAM_BYTES, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return MAX_PARAM_BYTES
+
+
+def _check_memory(config: GPTConfig, where: str) -> None:
+    """Refuse sizes whose float32 weights would not fit, counted on the meta device (shapes only, no memory): a
+    model of one block, and that block once more for each further layer."""
+    with torch.device("meta"):
+        one = GPT(replace(config, n_layer=1))
+    whole, block = (sum(t.numel() for t in (*m.parameters(), *m.buffers())) for m in (one, one.transformer.h[0]))
+    n_bytes, limit = 4 * (whole + (config.n_layer - 1) * block), _memory_limit()
+    if n_bytes > limit:
+        raise PretrainedError(
+            f"{where}: n_layer {config.n_layer}, n_embd {config.n_embd:,}, vocab_size {config.vocab_size:,} and "
+            f"n_positions {config.block_size:,} make {n_bytes / 2**30:,.1f} GiB of float32 weights, more than the "
+            f"{limit / 2**30:,.1f} GiB a model may take here (this machine's memory, at most 64 GiB)"
+        )
+
+
+# chapters/08_gpt2.md, code cell 6
+HF_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT-2 `config.json`; refuses options our model cannot represent."""
+    """Our GPTConfig for a Hugging Face GPT-2 `config.json`, its sizes checked before anything is built;
+    refuses options our model cannot represent."""
+    if not isinstance(hf, dict):
+        raise PretrainedError(f"{where} holds a JSON {type(hf).__name__}, not an object: it is not a model's config")
+    sizes = _hf_sizes(hf, where)
     problems = []
     if hf.get("model_type", "gpt2") != "gpt2":
         problems.append(f"model_type is {hf.get('model_type')!r}, not 'gpt2'")
     act = hf.get("activation_function", "gelu_new")
     if act not in HF_ACTIVATIONS:
-        problems.append(f"activation_function {act!r} (ours: {', '.join(HF_ACTIVATIONS)})")
-    n_embd = hf.get("n_embd", 768)
+        problems.append(f"activation_function {act!r:.40} (ours: {', '.join(HF_ACTIVATIONS)})")
+    n_embd = sizes["n_embd"]
     if hf.get("n_inner") not in (None, 4 * n_embd):
         problems.append(f"n_inner {hf['n_inner']} (ours is always 4 * n_embd = {4 * n_embd})")
     expected = dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False,
@@ -69,16 +133,15 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
             problems.append(f"{key}={hf[key]!r} (ours: {value!r})")
     if problems:
         raise PretrainedError(f"{where}: our GPT cannot represent this model: {'; '.join(problems)}")
-    try:
-        return GPTConfig(
-            vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx")), n_layer=hf["n_layer"],
-            n_head=hf["n_head"], n_embd=n_embd, dropout=0.0, bias=True, gelu_approx=HF_ACTIVATIONS[act],
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as e:
-        raise PretrainedError(f"{where} does not describe a GPT-2 model ({e!r})") from None
+    config = GPTConfig(
+        vocab_size=sizes["vocab_size"], block_size=sizes["n_positions"], n_layer=sizes["n_layer"],
+        n_head=sizes["n_head"], n_embd=n_embd, dropout=0.0, bias=True, gelu_approx=HF_ACTIVATIONS[act],
+    )  # fmt: skip
+    _check_memory(config, where)
+    return config
 
 
-# chapters/08_gpt2.md, code cell 6
+# chapters/08_gpt2.md, code cell 7
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: str = "the weights") -> dict:
     """`model`'s state dict from Hugging Face GPT-2 tensors: names mapped, Conv1D weights transposed, every
     shape checked; raises PretrainedError listing every missing, unexpected or misshapen tensor."""
@@ -91,7 +154,7 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: str 
             continue  # the causal mask, stored as a buffer by Hugging Face; ours computes it
         if key == "lm_head.weight":
             wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
-            if wte is not None and not torch.equal(t, wte):
+            if wte is not None and not (t.is_meta or wte.is_meta) and not torch.equal(t, wte):  # meta: shapes only
                 raise PretrainedError(f"{where}: lm_head.weight differs from the token embedding; ours is tied")
             continue
         if key not in ours:
@@ -110,23 +173,20 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: str 
     return mapped
 
 
-# chapters/08_gpt2.md, code cell 7
-def load_hf_gpt2(
-    name_or_path: str | os.PathLike, block_size: int | None = None, dropout: float = 0.0
-) -> GPT:
+# chapters/08_gpt2.md, code cell 8
+def load_hf_gpt2(name_or_path: str | os.PathLike, block_size: int | None = None, dropout: float = 0.0) -> GPT:
     """GPT-2 in our model from a Hugging Face folder or a name (see `resolve_pretrained`), on the CPU in fp32.
 
     `block_size` crops the context (and the position table) to fewer positions; `dropout` sets it for
     finetuning. The logits equal those of `transformers.GPT2LMHeadModel` on the same folder.
     """
     folder = resolve_pretrained(name_or_path)
-    try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"{folder / 'config.json'} is not readable JSON ({e})") from None
-    config = config_from_hf(hf, str(folder / "config.json"))
+    config = config_from_hf(read_json_file(folder / "config.json"), str(folder / "config.json"))
+    with torch.device("meta"):  # the shapes that the files' headers must declare, before a tensor is read
+        shapes = GPT(config)
+    tensors = read_hf_tensors(folder, shapes)
     model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(read_hf_tensors(folder), model, f"the tensors in {folder}"))
+    model.load_state_dict(state_dict_from_hf(tensors, model, f"the tensors in {folder}"))
     if block_size is not None:
         crop_block_size(model, block_size)
     config.dropout = float(dropout)
@@ -196,15 +256,116 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> Path:
 
 
 # chapters/A8_gpt2_engineering.md, code cell 6
-def read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a Hugging Face folder: model.safetensors (or its shards), else pytorch_model.bin, unpickled
-    with `weights_only=True` (tensors only, never code)."""
-    index = folder / "model.safetensors.index.json"
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+
+
+def _parse_json(data: bytes, where: Path) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise PretrainedError(f"{where} nests its JSON too deeply to be a model's file") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise PretrainedError(f"{where} is not valid JSON ({e})") from None
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file of a model folder, its size checked before it is read (A2's limit on a `state.json`)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_STATE_BYTES or len(data := f.read(MAX_STATE_BYTES + 1)) > MAX_STATE_BYTES:
+                raise PretrainedError(f"{path} is {size:,} bytes, beyond the limit of {MAX_STATE_BYTES:,} for a "
+                                      "model's JSON file")  # fmt: skip
+    except OSError as e:
+        raise PretrainedError(f"{path} cannot be read ({e.strerror or e})") from None
+    return _parse_json(data, path)
+
+
+def _header_bytes(file: Path) -> tuple[bytes, int]:
+    """The JSON header of the safetensors `file` and the size of the data after it, both checked against the file."""
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > size - 8:
+                raise PretrainedError(f"{file} is truncated or not a safetensors file: its header claims {length:,} "
+                                      f"bytes and the whole file holds {size:,}")  # fmt: skip
+            if length > MAX_STATE_BYTES:
+                raise PretrainedError(f"{file}: its header claims {length:,} bytes, beyond the limit of "
+                                      f"{MAX_STATE_BYTES:,}: not a model's safetensors file")  # fmt: skip
+            return f.read(length), size - 8 - length
+    except OSError as e:
+        raise PretrainedError(f"{file} cannot be read ({e.strerror or e})") from None
+
+
+def safetensors_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors a safetensors `file` declares, `{name: (dtype, shape)}`, from its header alone, every entry
+    checked against the file's size: nothing is allocated for a tensor the file cannot hold."""
+    raw, data_size = _header_bytes(file)
+    header = _parse_json(raw, file)
+    if not isinstance(header, dict):
+        raise PretrainedError(f"{file}: its header is not a JSON object: not a safetensors file")
+    declared = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(shape, list) and isinstance(offsets, list) and len(shape) <= 16 and len(offsets) == 2
+                and all(type(n) is int and n >= 0 for n in (*shape, *offsets))
+                and entry.get("dtype") in SAFETENSORS_DTYPES):  # fmt: skip
+            raise PretrainedError(f"{file}: the header's entry {name!r:.80} is not a tensor's dtype, shape and offsets")
+        need, (begin, end) = math.prod(shape) * SAFETENSORS_DTYPES[entry["dtype"]], offsets
+        if not begin <= end <= data_size:
+            raise PretrainedError(f"{file}: the tensor {name} lies at bytes {begin:,} to {end:,} of the data, which "
+                                  f"holds {data_size:,}: the file is truncated or damaged")  # fmt: skip
+        if end - begin != need:
+            raise PretrainedError(f"{file}: the tensor {name} ({entry['dtype']} {shape}) needs {need:,} bytes, and its "
+                                  f"header gives it {end - begin:,}")  # fmt: skip
+        declared[name] = (entry["dtype"], tuple(shape))
+    return declared
+
+
+# chapters/A8_gpt2_engineering.md, code cell 7
+MASKS = (".attn.bias", ".attn.masked_bias")  # Hugging Face's stored causal masks; ours computes the mask
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """`folder`'s model.safetensors, or the shards its index names (each a file in `folder`); none without either."""
     if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return []
+    weight_map = read_json_file(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    names = set(weight_map.values()) if isinstance(weight_map, dict) else {None}
+    if not all(
+        isinstance(n, str) and n.endswith(".safetensors") and Path(n).name == n and "\\" not in n for n in names
+    ):  # each a plain file name: no folder, no `..`
+        raise PretrainedError(f"{index}: its weight_map must map every tensor to a .safetensors file in {folder}")
+    return [folder / name for name in sorted(names)]
+
+
+def _read_safetensors(file: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names}
+    except Exception as e:  # what the header cannot show: the library's own checks of the data's layout
+        raise PretrainedError(f"{file} is not a readable safetensors file ({e})") from None
+
+
+def read_hf_tensors(folder: Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face folder: model.safetensors (or its shards), every header checked first, else
+    pytorch_model.bin, unpickled with `weights_only=True` (tensors only, never code). With `model` (its shapes
+    suffice), every safetensors name and shape is checked against it before any data is read, masks skipped."""
+    if files := _safetensors_files(folder):
+        headers = {file: safetensors_header(file) for file in files}
+        if model is not None:
+            declared = {k: torch.empty(shape, device="meta") for h in headers.values() for k, (_, shape) in h.items()}
+            state_dict_from_hf(declared, model, f"the tensors in {files[0] if len(files) == 1 else folder}")
+        wanted = {file: [k for k in h if model is None or not k.endswith(MASKS)] for file, h in headers.items()}
+        return {k: t for file, names in wanted.items() for k, t in _read_safetensors(file, names).items()}
     if (folder / "pytorch_model.bin").is_file():
         try:
             return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -213,7 +374,7 @@ def read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
     raise PretrainedError(f"{folder} holds neither model.safetensors nor pytorch_model.bin: not a Hugging Face model")
 
 
-# chapters/A8_gpt2_engineering.md, code cell 9
+# chapters/A8_gpt2_engineering.md, code cell 12
 def hf_config_for(config: GPTConfig) -> dict[str, Any]:
     """A Hugging Face GPT-2 `config.json` for our `config`; refuses options of other kinds of model, which GPT-2
     lacks (a later chapter's rotary positions, say)."""
@@ -237,40 +398,174 @@ def hf_config_for(config: GPTConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_spec: dict | None = None) -> Path:
-    """Write `model` as a Hugging Face GPT-2 folder: `model.safetensors` and `config.json` (and our tokenizer)."""
-    config_json = json.dumps(hf_config_for(model.config), indent=2) + "\n"  # first: it refuses what GPT-2 lacks
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s tensors as GPT-2 stores them: Conv1D matrices transposed, the tied head left out, and biases of
+    zero where the model has none (GPT-2 always has biases: zeros compute the same as none)."""
     tensors = {}
     for key, t in model.state_dict().items():
         if key == "lm_head.weight":
             continue  # tied to transformer.wte.weight
         tensors[key] = (t.t() if key.endswith(CONV1D) else t).detach().to("cpu", torch.float32).contiguous()
-    if not model.config.bias:  # GPT-2 always has biases: zeros compute the same as none
+    if not model.config.bias:
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None and name != "lm_head":
                 tensors[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
-    files = {"model.safetensors": None, "config.json": config_json}
-    if tokenizer_spec is not None:
-        files["nanogpt_tokenizer.json"] = json.dumps(tokenizer_spec) + "\n"
-    for name, text in files.items():  # each file written whole, then renamed into place
-        tmp = out / f"{name}.tmp"
-        if text is None:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
-    return out
-
-
-def export_checkpoint_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Our checkpoint (a run folder or a checkpoint folder) as a Hugging Face GPT-2 folder."""
-    model, _, info = load_checkpoint(ckpt, device="cpu")
-    return export_hf(model, out_dir, read_state(info["path"]).get("tokenizer"))
+    return tensors
 
 
 # chapters/A8_gpt2_engineering.md, code cell 13
+EXPORT_MANIFEST = "nanogpt_export.json"  # in an export's folder: the names the export wrote
+EXPORT_FORMAT = "nanogpt-export"
+HF_FILES = ("model.safetensors", "config.json", "nanogpt_tokenizer.json")
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint's `state.json` (naming its format near the start, or beside its weights)."""
+    state = folder / "state.json"
+    if not state.is_file():
+        return False
+    try:
+        with open(state, "rb") as f:
+            return CHECKPOINT_FORMAT.encode() in f.read(4096) or (folder / "model.safetensors").is_file()
+    except OSError:  # unreadable: treated as a checkpoint, the safe side
+        return True
+
+
+def _run_around(path: Path) -> Path | None:
+    """The outermost run folder (holding `nanogpt_run.json`) or checkpoint that `path` is or lies in, if any."""
+    path = path.resolve()
+    found = [f for f in (path, *path.parents) if (f / MANIFEST).is_file() or _is_checkpoint(f)]
+    return found[-1] if found else None
+
+
+def _refuse_inside_run(path: Path, instead: str) -> None:
+    run = _run_around(path)
+    if run is not None:
+        where = "" if run == path.resolve() else "inside "
+        raise PretrainedError(
+            f"{path} is {where}{run}, a run's folder or a checkpoint: an export there would overwrite or mix with "
+            f"the run's files. Export elsewhere, e.g. --out {run.parent / (run.name + instead)}"
+        )
+
+
+def _recorded(folder: Path) -> set[str]:
+    """The export's own names in `folder`, as its manifest lists them (with the manifest); none without one."""
+    manifest = folder / EXPORT_MANIFEST
+    try:
+        listed = read_json_file(manifest) if manifest.is_file() and not manifest.is_symlink() else None
+    except PretrainedError:
+        return set()
+    files = listed.get("files") if isinstance(listed, dict) and listed.get("format") == EXPORT_FORMAT else None
+    return {EXPORT_MANIFEST, *(n for n in files if n in HF_FILES)} if isinstance(files, list) else set()
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_export_folder(out: str | os.PathLike, force: bool = False) -> None:
+    """Refuse to export into `out` inside a run or a checkpoint, or, unless `force`, into a folder holding files
+    that no export wrote (a symbolic link never counts as the export's)."""
+    out = Path(out)
+    _refuse_inside_run(out, "_hf")
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise PretrainedError(f"{out} is a file or a broken link: --out names the folder to write the export into")
+    if force or not out.is_dir():
+        return
+    ours = _recorded(out)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours or p.is_symlink())
+    if foreign:
+        raise PretrainedError(
+            f"{out} holds {_names(foreign)}, which no export wrote there (a name its {EXPORT_MANIFEST} does not list, "
+            f"or a link): export into a new or empty folder, or pass --force to write {', '.join(HF_FILES[:2])} (and "
+            f"{HF_FILES[2]}) beside what is there, replacing only those names"
+        )
+
+
+# chapters/A8_gpt2_engineering.md, code cell 14
+def _our_graph(path: Path) -> bool:
+    """Whether `path` is a graph written by chapter 11's `export_onnx`, which records `block_size` in its metadata."""
+    try:
+        import onnx  # only an export to ONNX, which needs it, asks
+
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a graph (or no onnx to tell)
+        return False
+    return any(p.key == "block_size" for p in graph.metadata_props)
+
+
+def _our_tokenizer(path: Path) -> bool:
+    try:
+        spec = read_json_file(path)
+    except PretrainedError:
+        return False
+    return isinstance(spec, dict) and spec.get("type") in ("char", "bpe")
+
+
+def check_onnx_target(path: str | os.PathLike, force: bool = False) -> None:
+    """Refuse to write the graph `path` (FILE.onnx) and FILE.tokenizer.json inside a run or a checkpoint, or,
+    unless `force`, over files that no export wrote (a symbolic link never counts as the export's)."""
+    path = Path(path)
+    _refuse_inside_run(path, ".onnx")
+    tokenizer = path.with_suffix(".tokenizer.json")
+    foreign = [p.name for p, ours in ((path, _our_graph), (tokenizer, _our_tokenizer))
+               if p.is_symlink() or (p.exists() and not ours(p))]  # fmt: skip
+    if foreign and not force:
+        raise PretrainedError(
+            f"{path.parent} holds {' and '.join(foreign)}, which no export wrote: export to another FILE.onnx, or "
+            f"pass --force to replace {'it' if len(foreign) == 1 else 'them'}"
+        )
+
+
+# chapters/A8_gpt2_engineering.md, code cell 15
+def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
+    """Move the files `names` (the manifest last) of the new folder `tmp` to `out`: a rename of the folder when
+    `out` is new; else file by file, removing what an earlier export wrote there and this one did not."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    stale = _recorded(out) - set(names)
+    for name in names[:-1]:
+        os.replace(tmp / name, out / name)
+    for name in stale:
+        if (out / name).is_symlink() or (out / name).is_file():
+            (out / name).unlink()
+    os.replace(tmp / names[-1], out / names[-1])
+
+
+def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_spec: dict | None = None, force: bool = False) -> Path:
+    """Write `model` as a Hugging Face GPT-2 folder: `model.safetensors`, `config.json` (and our tokenizer), and the
+    manifest naming them. `check_export_folder` decides first whether `out_dir` may be written (`force`)."""
+    texts = {"config.json": json.dumps(hf_config_for(model.config), indent=2) + "\n"}  # refuses what GPT-2 lacks
+    if tokenizer_spec is not None:
+        texts["nanogpt_tokenizer.json"] = json.dumps(tokenizer_spec) + "\n"
+    out = Path(out_dir)
+    check_export_folder(out, force)
+    names = ["model.safetensors", *texts, EXPORT_MANIFEST]
+    texts[EXPORT_MANIFEST] = json.dumps({"format": EXPORT_FORMAT, "files": names[:-1]}, indent=1) + "\n"
+    where = out.absolute()
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = where.parent / f".{where.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    tmp.mkdir()  # new, and this export's alone
+    try:
+        save_file(_hf_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in texts.items():
+            with create_new(tmp / name, "w") as f:
+                f.write(text)
+        _move_in(tmp, where, names)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_checkpoint_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Our checkpoint (a run folder or a checkpoint folder) as a Hugging Face GPT-2 folder (see `export_hf`)."""
+    check_export_folder(out_dir, force)  # before the checkpoint is loaded
+    model, _, info = load_checkpoint(ckpt, device="cpu")
+    return export_hf(model, out_dir, read_state(info["path"]).get("tokenizer"), force)
+
+
+# chapters/A8_gpt2_engineering.md, code cell 20
 def is_pretrained_source(value: str) -> bool:
     """True for a GPT-2 name or a folder in Hugging Face's format (what `--init-from`/`--ckpt` may name)."""
     path = Path(value).expanduser()
@@ -287,7 +582,7 @@ def load_pretrained_for_sampling(name_or_path: str, device: torch.device | str =
     model = load_hf_gpt2(name_or_path)
     folder = resolve_pretrained(name_or_path)
     if (folder / "nanogpt_tokenizer.json").is_file():
-        tokenizer = tokenizer_from_meta(json.loads((folder / "nanogpt_tokenizer.json").read_text(encoding="utf-8")))
+        tokenizer = tokenizer_from_meta(read_json_file(folder / "nanogpt_tokenizer.json"))
     elif model.config.vocab_size == 50257:
         tokenizer = gpt2_tokenizer()
     else:
@@ -298,7 +593,7 @@ def load_pretrained_for_sampling(name_or_path: str, device: torch.device | str =
     return model.to(device).eval(), tokenizer
 
 
-# chapters/A8_gpt2_engineering.md, code cell 15
+# chapters/A8_gpt2_engineering.md, code cell 22
 def check_init_from(init_from: str) -> None:
     """Refuse an `--init-from` that is not "scratch", "resume", a GPT-2 name or a Hugging Face folder."""
     if init_from in ("scratch", "resume") or init_from in GPT2_NAMES or _is_hf_folder(Path(init_from).expanduser()):

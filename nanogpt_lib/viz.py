@@ -5,21 +5,26 @@
 from __future__ import annotations
 
 __all__ = [
-    "VISIBLE",
-    "token_labels",
     "evaluating",
     "residual_stream",
     "head_weights",
     "attention_weights",
+    "previous_token_score",
+    "logit_lens",
+    "ablate_head",
+    "AttentionOnlyBlock",
+    "AttentionOnlyGPT",
+    "repeat_segment",
+    "induction_score",
+    "STATIC",
+    "VISIBLE",
+    "token_labels",
+    "MAX_TOKENS",
+    "attention_data",
     "plot_pattern",
     "plot_head_view",
     "plot_model_view",
     "plot_compare",
-    "logit_lens",
-    "ablate_head",
-    "STATIC",
-    "MAX_TOKENS",
-    "attention_data",
     "encode_weights",
     "decode_weights",
     "explorer_data",
@@ -47,17 +52,10 @@ from torch import nn
 
 import nanogpt_lib
 from nanogpt_lib.attention import CausalSelfAttention, causal_mask
+from nanogpt_lib.model import GPT, Block, GPTConfig
+
 
 # chapters/07_inside.md, code cell 5
-VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
-
-
-def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Each token as the tokenizer sees it: the text its id decodes to, with spaces, newlines and tabs visible."""
-    return ["".join(VISIBLE.get(c, c) for c in tokenizer.decode([int(i)])) for i in ids]
-
-
-# chapters/07_inside.md, code cell 7
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (no dropout) and no gradients inside the block; the model's mode is restored after it."""
@@ -115,7 +113,115 @@ def attention_weights(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> to
         return torch.stack([head_weights(b.attn, b.ln_1(x))[0] for b, x in blocks])
 
 
-# chapters/07_inside.md, code cell 10
+# chapters/07_inside.md, code cell 9
+def previous_token_score(weights: torch.Tensor) -> torch.Tensor:
+    """The mean weight on the previous token over queries 1..T-1, per head: weights (..., T, T) -> (...)."""
+    return weights.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
+
+
+# chapters/07_inside.md, code cell 13
+def logit_lens(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Logits read from the residual stream after the embeddings and after each block: (n_layer + 1, B, T, vocab).
+
+    The last entry is the model's own output; the earlier ones unembed intermediate states with the
+    final LayerNorm and the output matrix (nostalgebraist's "logit lens").
+    """
+    states = residual_stream(model, idx)
+    with evaluating(model):
+        return torch.stack([model.lm_head(model.transformer.ln_f(x)) for x in states])
+
+
+# chapters/07_inside.md, code cell 16
+@contextlib.contextmanager
+def ablate_head(model: nn.Module, layer: int, head: int) -> Iterator[nn.Module]:
+    """Inside the block, head `head` of layer `layer` contributes nothing (its output is zeroed)."""
+    attn = model.transformer.h[layer].attn
+    if not 0 <= head < attn.n_head:
+        raise ValueError(f"head {head} does not exist: layer {layer} has heads 0..{attn.n_head - 1}")
+    size = attn.n_embd // attn.n_head
+
+    def zero_head(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        y = args[0].clone()
+        y[..., head * size : (head + 1) * size] = 0
+        return (y,)
+
+    handle = attn.c_proj.register_forward_pre_hook(zero_head)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+# chapters/07_inside.md, code cell 18
+class AttentionOnlyBlock(Block):
+    """x + attention(LN(x)) and no MLP: the block only moves information between positions."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        nn.Module.__init__(self)  # not Block's: no second LayerNorm, no MLP
+        self.ln_1, self.attn = self.make_norm(config), self.make_attention(config)
+
+    def forward(self, x: torch.Tensor, layer: int = 0, cache: Any = None, return_weights: bool = False) -> Any:
+        a = self.attn(self.ln_1(x), layer, cache, return_weights)
+        return (x + a[0], a[1]) if return_weights else x + a
+
+
+class AttentionOnlyGPT(GPT):
+    """Chapter 4's GPT made of attention-only blocks."""
+
+    block = AttentionOnlyBlock
+
+
+def repeat_segment(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each row of x (B, T) with its tokens start .. start + length - 1 written again right after them; also
+    (B, T - 1) masks of the positions whose next token is in the first copy, and in the second (its first
+    token excepted)."""
+    pos = torch.arange(x.size(1), device=x.device)
+    start, length = start[:, None], length[:, None]
+    rel = pos - start - length  # the position inside the second copy
+    second = (rel >= 0) & (rel < length)
+    first = (pos - start >= 1) & (pos - start < length)
+    return x.gather(1, torch.where(second, pos - length, pos)), first[:, 1:], (second & (rel >= 1))[:, 1:]
+
+
+def induction_score(weights: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """Mean weight from the second copy of a segment repeated at `start` to the token after each token's first
+    occurrence, `length - 1` back: weights (..., T, T) -> (...)."""
+    return weights.diagonal(1 - length, -2, -1)[..., start + 1 : start + length].mean(-1)
+
+
+# chapters/A7_explorer_engineering.md, code cell 3
+STATIC = Path(nanogpt_lib.__file__).resolve().parent / "static"  # the widget's ES module and CSS, and a page renderer
+
+
+# chapters/A7_explorer_engineering.md, code cell 5
+VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+
+
+def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token as the tokenizer sees it: the text its id decodes to, with spaces, newlines and tabs visible."""
+    return ["".join(VISIBLE.get(c, c) for c in tokenizer.decode([int(i)])) for i in ids]
+
+
+# chapters/A7_explorer_engineering.md, code cell 7
+MAX_TOKENS = 128  # a hard cap: the widget's state grows with the square of the prompt's length
+
+
+def attention_data(model: nn.Module, tokenizer: Any, prompt: str) -> dict[str, Any]:
+    """The attention of `model` on `prompt` as plain arrays: ids, token labels, weights (n_layer, n_head, T, T)."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty: give the explorer some text to look at")
+    limit = min(MAX_TOKENS, model.config.block_size)
+    if len(ids) > limit:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens long; the explorer shows at most {limit} "
+            f"(MAX_TOKENS={MAX_TOKENS}, block_size={model.config.block_size}): shorten the prompt"
+        )
+    weights = attention_weights(model, ids).float().cpu().numpy()
+    return {"prompt": prompt, "ids": list(map(int, ids)), "tokens": token_labels(tokenizer, ids), "weights": weights}
+
+
+# chapters/A7_explorer_engineering.md, code cell 10
 def _axes(ax: Any = None, size: tuple[float, float] = (5, 5)) -> Any:
     import matplotlib.pyplot as plt  # imported here: plotting is optional for the library
 
@@ -188,63 +294,7 @@ def plot_compare(data: dict[str, Any], other: dict[str, Any], layer: int, head: 
     return fig
 
 
-# chapters/07_inside.md, code cell 17
-def logit_lens(model: nn.Module, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """Logits read from the residual stream after the embeddings and after each block: (n_layer + 1, B, T, vocab).
-
-    The last entry is the model's own output; the earlier ones unembed intermediate states with the
-    final LayerNorm and the output matrix (nostalgebraist's "logit lens").
-    """
-    states = residual_stream(model, idx)
-    with evaluating(model):
-        return torch.stack([model.lm_head(model.transformer.ln_f(x)) for x in states])
-
-
-# chapters/07_inside.md, code cell 21
-@contextlib.contextmanager
-def ablate_head(model: nn.Module, layer: int, head: int) -> Iterator[nn.Module]:
-    """Inside the block, head `head` of layer `layer` contributes nothing (its output is zeroed)."""
-    attn = model.transformer.h[layer].attn
-    if not 0 <= head < attn.n_head:
-        raise ValueError(f"head {head} does not exist: layer {layer} has heads 0..{attn.n_head - 1}")
-    size = attn.n_embd // attn.n_head
-
-    def zero_head(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        y = args[0].clone()
-        y[..., head * size : (head + 1) * size] = 0
-        return (y,)
-
-    handle = attn.c_proj.register_forward_pre_hook(zero_head)
-    try:
-        yield model
-    finally:
-        handle.remove()
-
-
-# chapters/A7_explorer_engineering.md, code cell 3
-STATIC = Path(nanogpt_lib.__file__).resolve().parent / "static"  # the widget's ES module and CSS, and a page renderer
-
-
-# chapters/A7_explorer_engineering.md, code cell 5
-MAX_TOKENS = 128  # a hard cap: the widget's state grows with the square of the prompt's length
-
-
-def attention_data(model: nn.Module, tokenizer: Any, prompt: str) -> dict[str, Any]:
-    """The attention of `model` on `prompt` as plain arrays: ids, token labels, weights (n_layer, n_head, T, T)."""
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise ValueError("the prompt is empty: give the explorer some text to look at")
-    limit = min(MAX_TOKENS, model.config.block_size)
-    if len(ids) > limit:
-        raise ValueError(
-            f"the prompt is {len(ids)} tokens long; the explorer shows at most {limit} "
-            f"(MAX_TOKENS={MAX_TOKENS}, block_size={model.config.block_size}): shorten the prompt"
-        )
-    weights = attention_weights(model, ids).float().cpu().numpy()
-    return {"prompt": prompt, "ids": list(map(int, ids)), "tokens": token_labels(tokenizer, ids), "weights": weights}
-
-
-# chapters/A7_explorer_engineering.md, code cell 8
+# chapters/A7_explorer_engineering.md, code cell 13
 def encode_weights(weights: np.ndarray) -> str:
     """(L, H, T, T) causal weights -> base64 of their lower triangles as little-endian uint16 thousandths."""
     T = weights.shape[-1]
@@ -262,7 +312,7 @@ def decode_weights(text: str, n_layer: int, n_head: int, T: int) -> np.ndarray:
     return out
 
 
-# chapters/A7_explorer_engineering.md, code cell 10
+# chapters/A7_explorer_engineering.md, code cell 15
 def explorer_data(
     model: nn.Module, tokenizer: Any, prompt: str, compare_with: nn.Module | None = None,
     names: Sequence[str] = ("model", "other model"),
@@ -298,7 +348,7 @@ def state_size(state: dict[str, Any]) -> int:
     return len(json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-# chapters/A7_explorer_engineering.md, code cell 12
+# chapters/A7_explorer_engineering.md, code cell 17
 @functools.cache
 def _explorer_class() -> type:
     import anywidget  # imported here: only the widget needs it
@@ -355,7 +405,7 @@ def AttentionExplorer(  # noqa: N802 (a class to the reader; a function so that 
     return _explorer_class()(model, tokenizer, prompt, compare_with, names)
 
 
-# chapters/A7_explorer_engineering.md, code cell 15
+# chapters/A7_explorer_engineering.md, code cell 20
 def notebook_html(notebook: Any, path: str | os.PathLike) -> Path:
     """Export an executed notebook, with its saved widget state, to an HTML page that needs no network.
 

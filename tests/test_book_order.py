@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
 MAIN = [c for c in CHAPTERS if c.name[:2].isdigit()]
-LATER_OPTIONS = ("rope", "rmsnorm", "swiglu", "relu2", "qk_norm", "softcap", "Muon", "from_pretrained", "load_hf_gpt2")
+LATER_OPTIONS = (
+    "rope", "rmsnorm", "swiglu", "relu2", "qk_norm", "softcap", "Muon", "from_pretrained", "load_hf_gpt2", "n_kv_head"
+)
 HANDWRITTEN = ("__init__", "cli")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from nanogpt_lib.model import GPT, GPTConfig, build_model
 
 TOKENIZER = CharTokenizer([chr(i) for i in range(32, 97)])  # 65 characters
 SMALL = GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
+
+
 def strict(text: str):
     """json.loads that refuses NaN and Infinity, as every other JSON reader does."""
 
@@ -258,7 +261,7 @@ def test_overwrite_refuses_run_files_the_trainer_did_not_write(data_dir, tmp_pat
     (out / "last").mkdir(parents=True)
     (out / "last" / "thesis.tex").write_text("mine")
     before = snapshot(out)
-    with pytest.raises(ValueError, match=r"holds last, which the trainer did not write"):
+    with pytest.raises(ValueError, match=r"holds last/thesis\.tex, which the trainer did not write"):
         T.train(config(data_dir, out, max_iters=2), overwrite=True, progress=False)
     assert snapshot(out) == before and not (out / C.LOCK_FILE).exists()
 
@@ -356,3 +359,219 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(data_dir
     code, err = nanogpt(capsys, "train", "--resume", "--out", str(out), "--max-iters", str(stopped + 1))
     assert code == 0, err
     assert not (out / C.LOCK_FILE).exists()
+
+
+# --- folders the trainer did not create: links, foreign files, a run without a checkpoint ----------------------
+
+
+def user_file(tmp_path: Path) -> Path:
+    """A file of the user's, outside the run folder, that a link in the run folder points to."""
+    mine = tmp_path / "elsewhere" / "thesis.tex"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("the user's own words")
+    return mine
+
+
+def test_the_manifest_is_never_written_through_a_link(tmp_path):
+    out, mine = tmp_path / "run", user_file(tmp_path)
+    out.mkdir()
+    (out / (C.MANIFEST + ".tmp")).symlink_to(mine)
+    C._write_manifest(out)
+    assert mine.read_text() == "the user's own words"
+    (out / C.MANIFEST).unlink()
+    (out / C.MANIFEST).symlink_to(mine)  # the manifest's own name, a link: replaced by a file, not written through
+    C._write_manifest(out)
+    assert mine.read_text() == "the user's own words" and not (out / C.MANIFEST).is_symlink()
+    assert json.loads((out / C.MANIFEST).read_text())["checkpoint_files"] == [*C.CHECKPOINT_FILES, "state.json"]
+
+
+def test_the_metrics_log_is_never_written_through_a_link(tmp_path):
+    out, mine = tmp_path / "run", user_file(tmp_path)
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("".join(C.metrics_line({"step": s}) for s in range(5)))
+    (out / "metrics.jsonl.tmp").symlink_to(mine)
+    with C.open_metrics(out / "metrics.jsonl", step=2) as f:
+        f.write(C.metrics_line({"step": 3}))
+    assert mine.read_text() == "the user's own words" and not (out / "metrics.jsonl.tmp").exists()
+    assert [r["step"] for r in rows(out)] == [0, 1, 2, 3]
+    for target in (mine, tmp_path / "elsewhere" / "new.jsonl"):  # a link at the log's name, even a dangling one
+        (out / "metrics.jsonl").unlink()
+        (out / "metrics.jsonl").symlink_to(target)
+        with pytest.raises(ValueError, match=r"metrics\.jsonl is a link: the trainer writes its metrics log only"):
+            C.open_metrics(out / "metrics.jsonl", step=2)
+    assert mine.read_text() == "the user's own words" and not (tmp_path / "elsewhere" / "new.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["last.tmp", "last.old", "last"])
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_a_checkpoint_save_never_writes_through_a_link(tmp_path, name, target):
+    """state.json and the safetensors files go into a new last.tmp/; a link at any of the names is removed."""
+    folder = saved(tmp_path / "run" / "last")
+    mine = user_file(tmp_path)
+    if target == "folder":  # a folder of the user's, shaped like a checkpoint
+        mine = tmp_path / "elsewhere" / "ckpt"
+        mine.mkdir()
+        for file in ("model.safetensors", "optimizer.safetensors", "state.json", "notes.txt"):
+            (mine / file).write_text(f"the user's {file}")
+    before = snapshot(mine.parent)
+    if name == "last":
+        shutil.rmtree(folder)
+    folder.with_name(name).symlink_to(mine)
+    torch.manual_seed(1)
+    model = GPT(SMALL)
+    state = {"step": 4, "model_config": SMALL.to_dict(), "tokenizer": TOKENIZER.to_dict()}
+    C.save_checkpoint(folder, model, torch.optim.AdamW(model.parameters()), state)
+    assert snapshot(mine.parent) == before
+    assert C.read_state(folder)["step"] == 4 and sorted(p.name for p in folder.parent.iterdir()) == ["last"]
+    assert not folder.is_symlink()
+
+
+@pytest.mark.parametrize("name", ["best.tmp", "best.old", "best"])
+def test_a_copy_to_best_never_writes_through_a_link(tmp_path, name):
+    folder = saved(tmp_path / "run" / "last")
+    mine = user_file(tmp_path)
+    (folder.parent / name).symlink_to(mine)
+    C.copy_checkpoint(folder, folder.parent / "best")
+    assert mine.read_text() == "the user's own words" and C.read_state(folder.parent / "best")["step"] == 3
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["best", "last"]
+
+
+def test_overwrite_refuses_a_file_of_the_users_inside_a_checkpoint_folder(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    (out / "last" / "my_notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"holds last/my_notes\.txt, which the trainer did not write"):
+        T.train(config(data_dir, out, max_iters=2), overwrite=True, progress=False)
+    assert snapshot(out) == before
+    (out / "last" / "my_notes.txt").unlink()
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(mine := user_file(tmp_path))  # a link at a name that is not scratch
+    with pytest.raises(ValueError, match=r"holds metrics\.jsonl, which the trainer did not write"):
+        T.train(config(data_dir, out, max_iters=2), overwrite=True, progress=False)
+    assert mine.read_text() == "the user's own words"
+
+
+class Killed(BaseException):
+    """The process dies here (kill -9): no clean-up of the trainer runs."""
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_train(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+
+    def killed_at_step_1(row):
+        if row["step"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        T.train(config(data_dir, out, max_iters=4, eval_interval=4), callback=killed_at_step_1, progress=False)
+    assert not (out / "last").exists() and len(rows(out)) == 2  # the manifest and two rows, no checkpoint
+    code, err = nanogpt(capsys, "train", "--resume", "--out", str(out))
+    assert code == 1 and "stopped before writing its first checkpoint" in err and "Train without --resume" in err
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+            "--eval-iters", "1", "--device", "cpu", "--max-iters", "2", "--eval-interval", "2",
+            "--log-interval", "1"]  # fmt: skip
+    code, err = nanogpt(capsys, "train", "--data", str(data_dir), "--out", str(out), "--quiet", *tiny)
+    assert code == 0, err
+    assert [r["step"] for r in rows(out)] == [0, 1, 2] and C.read_state(out / "last")["step"] == 2
+    code, err = nanogpt(capsys, "train", "--data", str(data_dir), "--out", str(out), "--quiet", *tiny)
+    assert code == 1 and "already holds a run (checkpoints last/, best/). Continue it with --resume" in err
+
+
+def test_a_metrics_file_without_a_manifest_or_checkpoint_needs_overwrite(data_dir, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("my own measurements\n")
+    code, err = nanogpt(capsys, "train", "--resume", "--out", str(out))
+    assert code == 1 and "there is no run there. Train without --resume" in err
+    with pytest.raises(ValueError, match=rf"holds metrics\.jsonl but no checkpoint and no {C.MANIFEST}"):
+        T.train(config(data_dir, out, max_iters=1), progress=False)
+    assert (out / "metrics.jsonl").read_text() == "my own measurements\n"
+
+
+def test_a_deeply_nested_state_is_refused_naming_the_file(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    deep: list = []
+    for _ in range(400):
+        deep = [deep]
+    edit_state(out / "last", lambda s: s["optimizer"]["param_groups"][0].update(betas=deep))
+    for action in (lambda: T.resume_config(out), lambda: C.load_checkpoint(out / "last")):
+        with pytest.raises(C.CheckpointError, match=r"last/state\.json is corrupt or crafted: its JSON nests 4\d\d "
+                                                    r"levels deep .* it is not a checkpoint's state"):  # fmt: skip
+            action()
+
+
+@pytest.mark.parametrize("forged", ["short", "not_base64", "missing_process"])
+def test_a_forged_random_state_is_refused_naming_the_file(data_dir, tmp_path, forged):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    change = {
+        "short": lambda rng: rng.update(batches=C.encode_bytes(torch.zeros(10, dtype=torch.uint8))),
+        "not_base64": lambda rng: rng.update(batches="this is not base64!"),
+        "missing_process": lambda rng: rng.update(torch=[]),
+    }[forged]
+    edit_state(out / "last", lambda s: change(s["rng"]))
+    refused = r"last/state\.json: (rng\.batches is not the state of a PyTorch random generator|the field 'rng' does)"
+    with pytest.raises(C.CheckpointError, match=refused):
+        T.train(T.resume_config(out, {"max_iters": "4"}), progress=False)
+    assert not (out / C.LOCK_FILE).exists()
+
+
+def test_a_row_logged_just_before_a_kill_during_the_save_survives_resume(data_dir, tmp_path, monkeypatch):
+    """kill -9 right after a checkpoint is written: the metrics row of its step is already in metrics.jsonl."""
+    common = dict(max_iters=6, eval_interval=2, lr_decay_iters=6)
+    straight = {r["step"]: r["train_loss"] for r in T.train(config(data_dir, tmp_path / "a", **common),
+                                                             progress=False).history}  # fmt: skip
+    real = T.save_checkpoint
+
+    def killed_after_the_second_save(folder, *args):
+        real(folder, *args)
+        if args[-1]["step"] == 4:
+            raise Killed
+
+    monkeypatch.setattr(T, "save_checkpoint", killed_after_the_second_save)
+    with pytest.raises(Killed):
+        T.train(config(data_dir, tmp_path / "b", **common), progress=False)
+    monkeypatch.undo()
+    assert C.read_state(tmp_path / "b" / "last")["step"] == 4
+    T.train(T.resume_config(tmp_path / "b"), progress=False)
+    assert {r["step"]: r["train_loss"] for r in rows(tmp_path / "b")} == straight
+
+
+def poisoned(folder: Path) -> str:
+    """Write NaN into one weight of the checkpoint `folder`, with a valid checksum; returns that tensor's name."""
+    tensors = C.load_file(str(folder / "model.safetensors"))
+    name = sorted(tensors)[1]
+    tensors[name][0] = float("nan")
+    C.save_file(tensors, str(folder / "model.safetensors"), metadata={"format": C.CHECKPOINT_FORMAT})
+    edit_state(folder, lambda s: s["files"].update({"model.safetensors": C.sha256_of(folder / "model.safetensors")}))
+    return name
+
+
+def test_nonfinite_tensor_names_the_first_bad_parameter():
+    model = GPT(SMALL)
+    assert C.nonfinite_tensor(model) is None
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[3, 1] = float("inf")
+    assert C.nonfinite_tensor(model) == "transformer.h.0.mlp.c_fc.weight"
+
+
+def test_sample_refuses_a_checkpoint_with_nan_weights(tmp_path, capsys):
+    folder = saved(tmp_path / "run" / "last")
+    name = poisoned(folder)
+    code = cli.main(["sample", "--ckpt", str(folder), "--max-new-tokens", "20"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert f"the checkpoint {folder} holds weights that are not finite numbers" in captured.err
+    assert f"the first: {name}" in captured.err and "Use an earlier checkpoint, such as the run's best/" in captured.err
+
+
+def test_resume_refuses_nan_weights_and_leaves_best_alone(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2), progress=False)
+    name = poisoned(out / "last")
+    best = snapshot(out / "best")
+    with pytest.raises(C.CheckpointError, match=rf"holds weights that are not finite numbers .*the first: {name}"):
+        T.train(T.resume_config(out, {"max_iters": "4"}), progress=False)
+    assert snapshot(out / "best") == best and not (out / C.LOCK_FILE).exists()

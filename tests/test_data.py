@@ -551,7 +551,8 @@ def test_cli_prepare_text_end_to_end_with_progress(tmp_path, capsys):
     out = tmp_path / "mine"
     assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--block-size", "16"]) == 0
     captured = capsys.readouterr()
-    assert "read 4 file(s); 1 binary file(s) skipped" in captured.out and "train.bin (" in captured.out
+    assert "read 4 file(s)\nskipped 1 binary file(s): image.bin\n" in captured.out and "train.bin (" in captured.out
+    assert "left out 1 hidden file(s) or folder(s), whose names start with '.': .git" in captured.out
     assert "encoding" in captured.err and "reading" in captured.err, "a progress bar on stderr"
     assert load_prepared(out).vocab_size == len(set("# Notes\ndef f():\n    return 1\nthe end, without a newline"))
     assert cli.main(["prepare", "text", "--out", str(out)]) == 1
@@ -659,13 +660,12 @@ def test_preparing_a_large_text_streams_with_bounded_memory(tmp_path):
 
 @pytest.mark.parametrize("failing", ["train.bin.tmp", "val.bin.tmp", "meta.json.tmp"])
 def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_files(tmp_path, monkeypatch, capsys, failing):
-    import builtins
     import errno
 
     src = tmp_path / "t.txt"
     src.write_text(TEXT)
     out = tmp_path / "out"
-    real_open = builtins.open
+    real_create_new = datasets.create_new
 
     class Full:
         def __init__(self, f):
@@ -683,11 +683,11 @@ def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_files(tmp_path, mon
         def __exit__(self, *exc):
             self.f.close()
 
-    def fake_open(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        return Full(f) if Path(path).name == failing and "w" in mode else f
+    def fake_create_new(path, mode="wb", *args, **kwargs):
+        f = real_create_new(path, mode, *args, **kwargs)
+        return Full(f) if Path(path).name == failing else f
 
-    monkeypatch.setattr(datasets, "open", fake_open, raising=False)
+    monkeypatch.setattr(datasets, "create_new", fake_create_new)  # every file of a dataset is made by create_new
     assert cli.main(["prepare", "text", "--source", str(src), "--out", str(out), "--block-size", "8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("nanogpt prepare: error: no space left on the device while writing")

@@ -14,10 +14,13 @@ import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from nanogpt_lib import checkpoint as C
 from nanogpt_lib import cli
@@ -44,7 +47,7 @@ class Faults:
         self.at, self.kind, self.calls, self.armed, self.fired = at, kind, [], False, False
         real = {name: getattr(os, name) for name in ("replace", "fsync", "mkdir")}
         real |= {"rmtree": shutil.rmtree, "copyfile": shutil.copyfile, "open": builtins.open}
-        real |= {"save_file": C.save_file, "save_model": C.save_model}
+        real |= {"save_file": C.save_file, "save_model": C.save_model, "create_new": C.create_new}
         real["fsync"] = lambda fd: None  # the harness simulates crashes of the process, not of the machine
         self.real = real
         for name in ("replace", "fsync", "mkdir"):
@@ -54,6 +57,7 @@ class Faults:
         monkeypatch.setattr(builtins, "open", self.wrap("open"))
         monkeypatch.setattr(C, "save_file", self.wrap("save_file"))
         monkeypatch.setattr(C, "save_model", self.wrap("save_model"))
+        monkeypatch.setattr(C, "create_new", self.wrap("create_new"))  # how state.json is written
 
     def wrap(self, name):
         def operation(*args, **kwargs):
@@ -133,7 +137,7 @@ KINDS = ("torn",)
 def test_the_harness_sees_every_operation_of_a_save(monkeypatch, tmp_path):
     save(tmp_path / "last", 1)
     calls = run(monkeypatch, lambda: save(tmp_path / "last", 2)).calls
-    assert {"mkdir", "save_model", "save_file", "open", "fsync", "replace", "rmtree"} <= set(calls)
+    assert {"mkdir", "save_model", "save_file", "create_new", "fsync", "replace", "rmtree"} <= set(calls)
     assert calls.count("replace") == 2 and resumable_step(tmp_path / "last") == 2
     copies = run(monkeypatch, lambda: C.copy_checkpoint(tmp_path / "last", tmp_path / "best")).calls
     assert copies.count("copyfile") == 3
@@ -233,7 +237,7 @@ def test_a_full_disk_during_training_stops_with_one_line_and_resume_works(monkey
             "--eval-iters", "1", "--device", "cpu"]  # fmt: skip
     code = cli.main(["train", "--data", str(data), "--out", str(out), *tiny, "--max-iters", "4", "--eval-interval=2"])
     err = capsys.readouterr().err  # after the progress bar: one line
-    message = err[err.index("nanogpt train: error: "):]
+    message = err[err.index("nanogpt train: error: ") :]
     assert code == 1 and message.count("\n") == 1
     assert f"cannot write the checkpoint {out / 'last'}: the disk is full. Free space" in message
     assert sorted(p.name for p in out.iterdir()) == ["best", "last", "metrics.jsonl", C.MANIFEST]
@@ -304,3 +308,71 @@ def test_training_resumes_exactly_after_a_crash_anywhere_in_a_checkpoint_write(m
         assert info["val_loss"] == straight.best_val_loss == info["best_val_loss"]
         x, y = T.fixed_windows(T.load_prepared(data_dir).val, 4, 16)
         assert T.evaluate(model, x, y, 4, T.pick_precision("cpu")) == pytest.approx(info["val_loss"], abs=1e-6)
+
+
+# --- a full disk on a later save, as the safetensors writer reports it -----------------------------------------
+
+LATER_SAVE = """
+import json, resource, signal, sys
+import torch
+from nanogpt_lib import checkpoint as C
+from nanogpt_lib.data import CharTokenizer
+from nanogpt_lib.model import GPT, GPTConfig
+
+config = GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=1, n_embd=8)
+model = GPT(config)
+tokenizer = CharTokenizer([chr(i) for i in range(32, 97)])
+state = {"step": 2, "model_config": config.to_dict(), "tokenizer": tokenizer.to_dict()}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    C.save_checkpoint(sys.argv[1], model, torch.optim.AdamW(model.parameters()), state)
+    print(json.dumps({"errno": None}))
+except OSError as e:
+    print(json.dumps({"errno": e.errno, "message": str(e)}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="no file-size limits on this system")
+def test_a_file_size_limit_on_a_later_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """The safetensors writer hits the limit (ulimit -f) in the second save: its error becomes one clear OSError."""
+    folder = tmp_path / "run" / "last"
+    save(folder, 1)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    limit = (folder / "model.safetensors").stat().st_size // 2  # the new weights file cannot be written whole
+    done = subprocess.run([sys.executable, "-c", LATER_SAVE, str(folder), str(limit)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["errno"] == errno.EFBIG and "\n" not in result["message"]
+    assert f"cannot write the checkpoint {folder}: a file is larger than the file system" in result["message"]
+    assert "(ulimit -f)" in result["message"] and result["message"].endswith("the previous checkpoint is intact")
+    assert family(folder) == ["last"], "the half-written last.tmp/ must be removed"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and resumable_step(folder) == 1
+
+
+def test_a_full_disk_in_the_safetensors_writer_on_a_later_save_is_one_line(monkeypatch, tmp_path, capsys):
+    """safetensors reports a full disk as SafetensorError, not OSError: it must still end in the one-line message."""
+    data = tmp_path / "data"
+    prepare_char_dataset(load_text()[:50_000], data)
+    out = tmp_path / "run"
+    saves = {"n": 0}
+    real = C.save_model
+
+    def fills_the_disk(model, filename, metadata=None):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            Path(filename).write_bytes(b"half a file")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(model, filename, metadata=metadata)
+
+    monkeypatch.setattr(C, "save_model", fills_the_disk)
+    tiny = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
+            "--eval-iters", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    code = cli.main(["train", "--data", str(data), "--out", str(out), *tiny, "--max-iters", "4", "--eval-interval=2"])
+    err = capsys.readouterr().err
+    message = err[err.index("nanogpt train: error: ") :]
+    assert code == 1 and message.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write the checkpoint {out / 'last'}: the disk is full. Free space" in message
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "metrics.jsonl", C.MANIFEST]
+    assert C.read_state(out / "last")["step"] == 2

@@ -1,13 +1,17 @@
-"""Chapter 09's model options: each one's maths, and the model, cache, checkpoints and trainer with each."""
+"""Chapter 09's model options: each one's maths, and the model, cache, checkpoints and trainer with each;
+grouped-query attention's sharing, its smaller cache, its flag and its ONNX export."""
 
 import json
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 from tiny_runs import config as tiny_config
 from tiny_runs import rows
 
+from nanogpt_lib import export as X
 from nanogpt_lib import train as T
 from nanogpt_lib import viz
 from nanogpt_lib.cli import main
@@ -16,6 +20,8 @@ from nanogpt_lib.generate import KVCache, generate, next_token_logits
 from nanogpt_lib.model import GPT, GPTConfig, config_from_dict
 from nanogpt_lib.modern import (
     MODERN_OPTIONS,
+    GroupedCache,
+    ModernAttention,
     ModernConfig,
     ModernGPT,
     ReLU2MLP,
@@ -41,8 +47,11 @@ OPTIONS = {
     "untied": dict(tie_embeddings=False),
     "zero_init": dict(tie_embeddings=False, zero_init_proj=True),
     "softcap": dict(logit_softcap=3.0),
-    "all": dict(rope=True, norm="rmsnorm", mlp="swiglu", qk_norm=True, tie_embeddings=False, logit_softcap=10.0),
-}
+    "gqa": dict(n_kv_head=2),
+    "mqa": dict(n_kv_head=1),
+    "all": dict(rope=True, norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_head=2, tie_embeddings=False,
+                logit_softcap=10.0),
+}  # fmt: skip
 TRAIN_OVERRIDES = {  # the options as `nanogpt train` flags take them (text), and the GPTConfig fields they set
     "rope": ({"rope": "true"}, dict(rope=True)),
     "rmsnorm": ({"norm": "rmsnorm"}, dict(norm="rmsnorm")),
@@ -54,6 +63,7 @@ TRAIN_OVERRIDES = {  # the options as `nanogpt train` flags take them (text), an
         dict(tie_embeddings=False, zero_init_proj=True),
     ),
     "softcap": ({"logit-softcap": "5"}, dict(logit_softcap=5.0)),
+    "mqa": ({"n-kv-head": "1"}, dict(n_kv_head=1)),  # the tiny runs have 2 query heads
 }
 
 
@@ -186,10 +196,19 @@ def test_default_model_has_gpt2_s_parameters_and_no_new_modules():
         (dict(logit_softcap=float("inf")), "logit_softcap must be a positive number or None"),
         (dict(qk_norm=1), "ModernConfig.qk_norm must be True or False"),
         (dict(rope=True, n_embd=36, n_head=4), "head size n_embd // n_head must be even, got 36 // 4 = 9"),
-    ],
+        (
+            dict(n_kv_head=3),
+            "n_kv_head must be None or a divisor of n_head (4), so that query heads form equal "
+            "groups: one of [1, 2, 4]; got 3",
+        ),
+        (dict(n_kv_head=0), "n_kv_head must be None or a divisor of n_head (4)"),
+        (dict(n_kv_head=8), "one of [1, 2, 4]; got 8"),
+        (dict(n_kv_head=2.0), "one of [1, 2, 4]; got 2.0"),
+        (dict(n_kv_head=True), "one of [1, 2, 4]; got True"),
+    ],  # fmt: skip
 )
 def test_bad_options_are_refused_with_what_is_allowed(options, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModernConfig(**{**SIZES, **options})
 
 
@@ -272,8 +291,8 @@ def test_options_run_under_bf16_autocast_and_in_bf16(name):
             cache = KVCache.for_model(model)
             step = [next_token_logits(model, idx[:, :t], cache) for t in range(4, BLOCK + 1)]
         half = model.to(torch.bfloat16)(idx, all_logits=True)[0]
-    # bf16 keeps 8 bits of mantissa: through two perturbed layers the logits move by 1-2% as a whole, and a rare
-    # logit by a few tenths; a wrong computation moves them by tens of percent
+    # bf16 keeps 7 explicit mantissa bits (8 significant): through two perturbed layers the logits move by 1-2% as
+    # a whole, and a rare logit by a few tenths; a wrong computation moves them by tens of percent
     for got, want in ((auto, ref), (half, ref), (torch.stack(step), ref[:, 3:].transpose(0, 1))):
         error = got.float() - want
         assert error.norm() / want.norm() < 0.04 and error.abs().max() < 0.5, (name, error.abs().max().item())
@@ -347,8 +366,8 @@ def test_train_with_the_option_then_resume(name, data_dir, tmp_path):
 
 def test_resume_continues_exactly_with_every_option(data_dir, tmp_path):
     """3 steps, then resumed to 6, ends on the weights of 6 steps straight, bit for bit."""
-    options = {"rope": "true", "norm": "rmsnorm", "mlp": "swiglu", "qk-norm": "true", "tie-embeddings": "false",
-               "zero-init-proj": "true", "logit-softcap": "8", "dropout": "0.1"}  # fmt: skip
+    options = {"rope": "true", "norm": "rmsnorm", "mlp": "swiglu", "qk-norm": "true", "n-kv-head": "1",
+               "tie-embeddings": "false", "zero-init-proj": "true", "logit-softcap": "8", "dropout": "0.1"}  # fmt: skip
     common = dict(lr_decay_iters=8, eval_interval=3, **options)
     T.train(tiny_config(data_dir, tmp_path / "straight", max_iters=6, **common), progress=False)
     T.train(tiny_config(data_dir, tmp_path / "split", max_iters=3, **common), progress=False)
@@ -379,3 +398,110 @@ def test_an_option_changes_the_model():
     base = make({})(idx, all_logits=True)[0]
     for name, options in OPTIONS.items():
         assert not torch.allclose(make(options)(idx, all_logits=True)[0], base), name
+
+
+# --- grouped-query attention ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_kv", [1, 2, 4])
+def test_grouped_query_attention_shapes_and_parameters(n_kv):
+    C, H, D = 32, 4, 8
+    attn = ModernAttention(C, H, bias=True, n_kv_head=n_kv)
+    assert attn.c_attn.weight.shape == (C + 2 * n_kv * D, C) and attn.c_attn.bias.shape == (C + 2 * n_kv * D,)
+    q, k, v = attn.heads(torch.randn(2, 5, C))
+    assert q.shape == k.shape == v.shape == (2, H, 5, D)  # every query head gets its group's keys and values
+    for h in range(H):  # query head h reads key/value head h // (H // n_kv): copies within a group, not across
+        for j in range(H):
+            same = h // (H // n_kv) == j // (H // n_kv)
+            assert torch.equal(k[:, h], k[:, j]) == same and torch.equal(v[:, h], v[:, j]) == same
+    full, grouped = make({}), make(dict(n_kv_head=n_kv))
+    assert full.num_params() - grouped.num_params() == 2 * 2 * (H - n_kv) * D * (C + 1)  # k, v weights and biases
+    assert grouped(tokens(2, BLOCK))[0].shape == (2, 1, V)
+
+
+def test_grouped_query_attention_is_multi_head_attention_with_the_key_value_heads_copied():
+    """A GQA layer computes what an MHA layer computes whose key and value heads are copies within each group."""
+    torch.manual_seed(0)
+    C, H, n_kv, D = 32, 4, 2, 8
+    gqa = ModernAttention(C, H, n_kv_head=n_kv).eval()
+    mha = ModernAttention(C, H).eval()
+    wq, wk, wv = gqa.c_attn.weight.split([C, n_kv * D, n_kv * D])
+    bq, bk, bv = gqa.c_attn.bias.split([C, n_kv * D, n_kv * D])
+    repeat = lambda t: t.view(n_kv, D, *t.shape[1:]).repeat_interleave(H // n_kv, 0).reshape(C, *t.shape[1:])
+    with torch.no_grad():
+        mha.c_attn.weight.copy_(torch.cat([wq, repeat(wk), repeat(wv)]))
+        mha.c_attn.bias.copy_(torch.cat([bq, repeat(bk), repeat(bv)]))
+        mha.c_proj.load_state_dict(gqa.c_proj.state_dict())
+    x = torch.randn(2, 7, C)
+    torch.testing.assert_close(gqa(x), mha(x))
+    torch.testing.assert_close(gqa(x, return_weights=True)[1], mha(x, return_weights=True)[1])
+
+
+def test_n_kv_head_equal_to_n_head_is_the_model_without_it():
+    plain = GPT(GPTConfig(**SIZES)).eval()
+    same = ModernGPT(ModernConfig(**SIZES, n_kv_head=4)).eval()
+    assert {k: v.shape for k, v in same.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    same.load_state_dict(plain.state_dict())
+    idx = tokens(2, BLOCK)
+    assert torch.equal(same(idx, all_logits=True)[0], plain(idx, all_logits=True)[0])
+    assert ModernConfig(**SIZES).n_kv_head is None and "n_kv_head" not in ModernConfig(**SIZES).to_dict()
+
+
+@pytest.mark.parametrize("n_kv", [1, 2])
+def test_the_cache_keeps_only_the_key_value_heads_and_stays_exact(n_kv):
+    model, full = make(dict(n_kv_head=n_kv, rope=True)), make(dict(rope=True))
+    idx = tokens(3, BLOCK)
+    sizes = {}
+    for name, m in (("grouped", model), ("full", full)):
+        cache = KVCache.for_model(m)
+        with torch.no_grad():
+            steps = [next_token_logits(m, idx[:, :t], cache) for t in range(1, BLOCK + 1)]
+            whole = m(idx, all_logits=True)[0]
+        torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-5)
+        sizes[name] = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+        assert all(t.shape == (3, m.config.n_kv_head or 4, BLOCK, 8) for t in cache.k + cache.v)
+    assert sizes["full"] == sizes["grouped"] * (4 // n_kv) == 2 * 2 * 3 * BLOCK * 32 * 4
+
+
+def test_grouped_cache_stores_one_head_per_group_through_any_cache():
+    cache = KVCache(n_layer=1, max_len=6)
+    view = GroupedCache(cache, group=2)
+    k = torch.randn(1, 2, 3, 4).repeat_interleave(2, dim=1)  # 4 heads, copies in pairs
+    v = torch.randn(1, 2, 3, 4).repeat_interleave(2, dim=1)
+    got_k, got_v = view.update(0, k, v)
+    assert cache.k[0].shape == (1, 2, 6, 4) and view.pos == cache.pos == 0
+    assert torch.equal(got_k, k) and torch.equal(got_v, v) and torch.equal(cache.k[0][:, :, :3], k[:, ::2])
+
+
+def test_onnx_export_of_a_grouped_query_model_caches_its_key_value_heads(tmp_path):
+    torch.manual_seed(2)
+    model = ModernGPT(ModernConfig(**SIZES, rope=True, n_kv_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4)  # clear choices: greedy decoding without near-ties
+    graph = X.export_onnx(model, tmp_path / "gqa.onnx")
+    ids = np.array([[1, 2, 3]])
+    ours = X.generate_onnx(graph, ids, 2 * BLOCK, temperature=0)
+    assert np.array_equal(ours, generate(model, torch.from_numpy(ids), 2 * BLOCK, temperature=0).numpy())
+    import onnx
+
+    past = onnx.load(graph).graph.input[1].type.tensor_type.shape.dim
+    assert past[1].dim_value == 2  # the graph's cache holds the 2 key/value heads, not the 4 query heads
+
+
+def test_n_kv_head_flag_trains_saves_and_loads(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--n-layer", "1", "--n-head", "4", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+             "--eval-iters", "1", "--eval-interval", "2", "--device", "cpu"]  # fmt: skip
+    code = main(["train", "--data", str(data_dir), "--out", str(out), "--n-kv-head", "2", "--max-iters", "2",
+                 "--quiet", *flags])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "last" / "state.json").read_text())
+    assert saved["model_config"]["n_kv_head"] == 2 and saved["train_config"]["n_kv_head"] == 2
+    model = T.load_checkpoint(out)[0]
+    assert type(model) is ModernGPT and model.config.n_kv_head == 2
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (32 + 2 * 2 * 8, 32)
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "bad"), "--n-kv-head", "3",
+                 "--max-iters", "1", "--quiet", *flags]) != 0  # fmt: skip
+    assert "n_kv_head must be None or a divisor of n_head (4)" in capsys.readouterr().err

@@ -313,6 +313,6 @@ def test_command_trains_with_muon_and_wsd_and_shows_the_options(data_dir, tmp_pa
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--optimizer VALUE", "--muon-lr VALUE", "--muon-momentum VALUE", "--schedule VALUE",
-                 "--cooldown-frac VALUE"):  # fmt: skip
+    for flag in ("--optimizer {adamw,muon}", "--muon-lr X", "--muon-momentum X", "--schedule {cosine,wsd}",
+                 "--cooldown-frac X"):  # fmt: skip
         assert flag in text

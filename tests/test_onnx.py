@@ -4,6 +4,7 @@ cannot be exported or run is refused by name; 8-bit weights shrink the file; `na
 PyTorch."""
 
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -270,3 +271,76 @@ def test_sampling_from_a_graph_never_imports_pytorch(char_graph):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ROMEO:") and len(r.stdout) == len("ROMEO:") + 30 + 1
+
+
+# --- where an export may write ------------------------------------------------------------------------
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_to_onnx_never_writes_into_a_run_or_a_checkpoint(char_run, capsys, tmp_path):
+    from nanogpt_lib.checkpoint import MANIFEST
+
+    run = tmp_path / "run"
+    shutil.copytree(char_run, run)
+    (run / MANIFEST).write_text('{"format": "nanogpt-run", "files": ["last", "best"]}\n')
+    before = contents(run)
+    for out in (run / "best" / "model.onnx", run / "model.onnx", run / "graphs" / "model.onnx"):
+        code, _, err = nanogpt(capsys, "export", "--format", "onnx", "--ckpt", run, "--out", out, "--force")
+        assert code == 1 and "a run's folder or a checkpoint" in err, err
+        assert f"--out {tmp_path.resolve() / 'run.onnx'}" in err, err  # beside the run, not in it
+    assert contents(run) == before
+    outside_a_run = char_run / "best" / "m.onnx"  # a checkpoint, with no run folder around it
+    code, _, err = nanogpt(capsys, "export", "--format", "onnx", "--ckpt", char_run, "--out", outside_a_run)
+    assert code == 1 and str((char_run / "best").resolve()) in err, err
+
+
+def test_export_to_onnx_over_files_no_export_wrote_needs_force(char_run, capsys, tmp_path):
+    graph, tokenizer = tmp_path / "model.onnx", tmp_path / "model.tokenizer.json"
+    graph.write_bytes(b"the user's own graph")
+    tokenizer.write_text('{"version": "1.0", "model": {"type": "BPE"}}\n')  # a `tokenizers` file, not ours
+    args = ("export", "--format", "onnx", "--ckpt", char_run, "--out", graph)
+    code, _, err = nanogpt(capsys, *args)
+    assert code == 1 and "model.onnx and model.tokenizer.json, which no export wrote" in err and "--force" in err, err
+    graph.unlink()
+    code, _, err = nanogpt(capsys, *args)
+    assert code == 1 and "holds model.tokenizer.json," in err, err
+    assert tokenizer.read_text() == '{"version": "1.0", "model": {"type": "BPE"}}\n' and not graph.exists()
+    assert nanogpt(capsys, *args, "--force")[0] == 0
+    assert X.load_tokenizer(graph).encode("To be") == CharTokenizer(CHARS).encode("To be")
+    assert nanogpt(capsys, *args)[0] == 0  # its own files: exporting again needs no flag
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.tokenizer.json"]
+
+
+def test_a_link_at_an_onnx_name_is_replaced_never_written_through(char_run, char_graph, capsys, tmp_path):
+    users = {name: tmp_path / f"users_{name}" for name in ("model.onnx", "model.tokenizer.json")}
+    for name, target in users.items():
+        target.write_text(f"the user's {name}\n")
+        (tmp_path / name).symlink_to(target)
+    args = ("export", "--format", "onnx", "--ckpt", char_run, "--out", tmp_path / "model.onnx")
+    assert nanogpt(capsys, *args)[0] == 1  # a link is never the export's own
+    assert nanogpt(capsys, *args, "--force")[0] == 0
+    assert all(target.read_text() == f"the user's {name}\n" for name, target in users.items())
+    assert not any((tmp_path / name).is_symlink() for name in users)
+    assert X.OnnxSampler(tmp_path / "model.onnx").block_size == 16
+
+
+def test_the_library_writes_graphs_and_tokenizers_through_no_link(char_run, char_graph, tmp_path):
+    """export_onnx and quantize_onnx write into a new folder of their own, then rename: a link someone put at a
+    file's name, or at the temporary name an older writer used, is replaced, and what it points to is left alone."""
+    from nanogpt_lib.train import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(char_run)
+    user = tmp_path / "users_file"
+    user.write_text("the user's file\n")
+    names = ("model.tokenizer.json", ".model.onnx.tmp", "small.tokenizer.json", ".small.onnx.tmp")
+    for name in names:
+        (tmp_path / name).symlink_to(user)
+    X.export_onnx(model, tmp_path / "model.onnx", tokenizer=tokenizer)
+    X.quantize_onnx(tmp_path / "model.onnx", tmp_path / "small.onnx")
+    assert user.read_text() == "the user's file\n"
+    assert not (tmp_path / "model.tokenizer.json").is_symlink() and not (tmp_path / "small.tokenizer.json").is_symlink()
+    assert X.load_tokenizer(tmp_path / "small.onnx").encode("To be") == CharTokenizer(CHARS).encode("To be")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and not p.is_symlink()]  # nothing left over

@@ -1,7 +1,9 @@
 """The project's own promises: packaging, conda in step with pip, the command, lint, the book's toc."""
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -175,23 +177,113 @@ def test_chapter_format(chapter: str):
     assert "MPLBACKEND" not in text
 
 
+def readme_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
 def test_readme_commands_are_what_ci_runs():
-    readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    blocks = readme_blocks()
+    assert len(blocks[0].strip().splitlines()) == 1, "the first command is one line"
     setup = [command.strip() for command in blocks[0].strip().split("&&")]
-    assert setup[0] == 'pip install -e ".[dev]"', "the first command installs the project"
+    assert setup[0] == "pip install -e .", "the first command installs the project, the `nanogpt` command alone"
     assert setup[1:] == ["nanogpt prepare shakespeare_char", "nanogpt train --time-budget 60"]
-    assert blocks[1].strip() == "pytest"
+    assert [command.strip() for command in blocks[1].strip().split("&&")] == ['pip install -e ".[dev]"', "pytest"]
     assert 'pip install -q -e ".[dev]"' in ci and "\npytest\n" in ci
     assert "nanogpt train" not in ci and "nanogpt prepare" not in ci, "CI installs and tests; it does not train"
     assert ci.index("torch==2.13.0") < ci.index('-e ".[dev]"')
 
 
-def test_jupyterlab_opens_chapters_as_notebooks():
+def readme_nanogpt_commands() -> list[str]:
+    """The README's `nanogpt` commands for a first run, in the order written: the first command's, the sample
+    from its run, then the three of "Training on your own text"."""
+    readme = (ROOT / "README.md").read_text()
+    first = [c.strip() for c in readme_blocks()[0].split("&&") if c.strip().startswith("nanogpt ")]
+    sample = re.search(r"`(nanogpt sample --ckpt out/shakespeare_char [^`]*)`", readme).group(1)
+    own = re.search(r"## Training on your own text\n.*?```bash\n(.*?)```", readme, re.S).group(1)
+    return [*first, sample, *own.strip().splitlines()]
+
+
+@pytest.mark.slow
+def test_readme_commands_run_in_order(tmp_path):
+    """The README's first-run commands work as written, one after the other, in a fresh folder with the reader's
+    own text in `my_notes/` (tiny Shakespeare from NANOGPT_TINYSHAKESPEARE, offline); the two training runs get a
+    2 s budget instead of 60 s."""
+    from nanogpt_lib.data import load_text
+
+    commands = readme_nanogpt_commands()
+    assert [c.split()[1] for c in commands] == ["prepare", "train", "sample", "prepare", "train", "sample"]
+    text = load_text()[:60_000]
+    (tmp_path / "my_notes" / "plays").mkdir(parents=True)
+    (tmp_path / "my_notes" / "notes.txt").write_text(text[:30_000], encoding="utf-8")
+    (tmp_path / "my_notes" / "plays" / "more.md").write_text(text[30_000:], encoding="utf-8")
+    env = dict(os.environ, NANOGPT_DATA_DIR=str(tmp_path / "data"), TQDM_DISABLE="1")
+    nanogpt = str(Path(sys.executable).parent / "nanogpt")
+    for command in commands:
+        argv = shlex.split(command.replace("--time-budget 60", "--time-budget 2"))
+        r = subprocess.run([nanogpt, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{command}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+        assert argv[1] != "sample" or r.stdout.strip(), f"{command} wrote nothing"
+    assert (tmp_path / "out" / "shakespeare_char").is_dir() and (tmp_path / "out" / "my_notes").is_dir()
+
+
+def test_readme_installs_name_the_extras_there_are():
+    """Every `pip install -e ".[X]"` in the README names an extra of pyproject.toml, and the table of installs names
+    the command's install and the book's and contributors' extras."""
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r'pip install -e "?\.\[([\w,]+)\]', readme))
+    extras = set(PYPROJECT["project"]["optional-dependencies"])
+    assert named and named <= extras, f"the README installs extras that pyproject.toml lacks: {named - extras}"
+    table = [line for line in readme.splitlines() if line.startswith("| ") and "pip install -e" in line]
+    installs = [re.search(r"`(pip install -e [^`]*)`", row).group(1) for row in table]
+    assert installs == ["pip install -e .", 'pip install -e ".[book]"', 'pip install -e ".[dev]"']
+
+
+def test_the_command_installs_only_what_the_library_imports():
+    """`pip install -e .` is the `nanogpt` command: each runtime dependency is a package the library imports (their
+    import names are their names), and every package a module imports at its top is declared, at run time or in an
+    extra (`export` is the `onnx` extra's module)."""
+    import ast
+
+    runtime = set(map(requirement_name, PYPROJECT["project"]["dependencies"]))
+    extras = PYPROJECT["project"]["optional-dependencies"].values()
+    declared = runtime | {requirement_name(r).replace("-", "_") for extra in extras for r in extra}
+    anywhere, top = set(), set()
+    for path in (ROOT / "nanogpt_lib").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom) and getattr(node, "level", 0) == 0:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                found = {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"nanogpt_lib"}
+                anywhere |= found
+                top |= found if node in tree.body else set()
+    assert runtime - anywhere == set(), f"runtime dependencies the library never imports: {runtime - anywhere}"
+    assert top - declared == set(), f"imported at the top of a module but not declared: {top - declared}"
+
+
+def test_jupyterlab_opens_chapters_as_notebooks_and_asks_nothing():
     settings = json.loads((ROOT / ".jupyter" / "labconfig" / "default_setting_overrides.json").read_text())
     viewers = settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
     assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
+    assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false", "no news popup"
+
+
+def environment_variables() -> set[str]:
+    """The environment variables the library and the chapters read: NANOGPT_* names, a named dataset's variable,
+    and tiktoken's cache."""
+    from nanogpt_lib.datasets import DATASETS, dataset_env_var
+
+    found = {dataset_env_var(name) for name in DATASETS} | {"TIKTOKEN_CACHE_DIR"}
+    for path in [*(ROOT / "nanogpt_lib").glob("*.py"), *(ROOT / "chapters").glob("*.md")]:
+        found |= set(re.findall(r"\bNANOGPT_[A-Z0-9]+(?:_[A-Z0-9]+)*\b", path.read_text(encoding="utf-8")))
+    return found
+
+
+def test_readme_table_lists_every_environment_variable():
+    readme = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.M))
+    assert {"NANOGPT_TINYSHAKESPEARE", "TIKTOKEN_CACHE_DIR", "NANOGPT_GPT2_DIR", "NANOGPT_QUICK"} <= rows
+    assert environment_variables() - rows == set(), "add these to the README's table of environment variables"
 
 
 @pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md", "docs/ARCHITECTURE.md", "bench/README.md"])

@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from check_site import (  # noqa: E402
     AWAITING_DOWNLOADS,
+    apparatus,
+    apparatus_problems,
     broken_links,
     download_problems,
     duplicate_numbers,
@@ -257,6 +259,31 @@ def test_the_checks_catch_an_empty_cell_and_a_number_used_twice(site, tmp_path):
     assert any(p.startswith("figure 3.1: /chapters/03_attention.md#") for p in duplicate_numbers(copy))
 
 
+def test_every_main_chapter_has_its_diagrams_and_predict_then_run_exercises(site):
+    """Each main chapter: >= 2 explanatory diagrams (`fig-diagram-` labels), >= 5 exercises, >= 2 of them
+    predict-then-run (`-predict-` labels); >= 20 diagrams in the book. Counted on the built pages."""
+    project, _ = site
+    site_dir = project / "_build" / "site"
+    counts = apparatus(site_dir)
+    assert len(counts) == len(list((ROOT / "chapters").glob("[0-9][0-9]_*.md"))), counts
+    assert apparatus_problems(site_dir) == []
+
+
+def test_the_apparatus_check_counts_labels_on_the_page(site, tmp_path):
+    """Relabelling one diagram and one predict exercise of chapter 03 as ordinary ones is caught by the check."""
+    project, _ = site
+    copy = shutil.copytree(project / "_build" / "site", tmp_path / "site")
+    page = next(p for p in (copy / "content").glob("*.json") if '"/chapters/03_attention.md"' in p.read_text())
+    text = page.read_text()
+    before = apparatus(copy)["/chapters/03_attention.md"]
+    for prefix in ("fig-diagram-", "ex-03-predict-"):
+        first = re.search(re.escape(prefix) + r"[\w-]+", text).group(0)
+        text = text.replace(f'"{first}"', f'"{first.replace("diagram-", "plain-").replace("predict-", "plain-")}"')
+    page.write_text(text)
+    after = apparatus(copy)["/chapters/03_attention.md"]
+    assert (after[0], after[2]) == (before[0] - 1, before[2] - 1)
+
+
 def test_the_site_has_a_favicon_and_wraps_long_code_lines(site):
     project, _ = site
     site_dir = project / "_build" / "site"
@@ -415,7 +442,8 @@ def test_chapter_ends_with_labelled_exercises_and_solutions(prefix):
     assert "\n## Exercises\n" in text, f"{chapter.name} has no Exercises section"
     exercises = text[text.index("\n## Exercises\n"):]
     labels = re.findall(r"^:::+\{exercise\}\n:label: (ex-[\w-]+)$", exercises, re.M)
-    assert 3 <= len(labels) <= 5, f"{chapter.name}: {len(labels)} exercises, expected 3 to 5"
+    low, high = (5, 7) if chapter.name[0].isdigit() else (3, 5)  # a main chapter adds its predict-then-run ones
+    assert low <= len(labels) <= high, f"{chapter.name}: {len(labels)} exercises, expected {low} to {high}"
     solved = re.findall(r"^:::+\{solution-start\} (ex-[\w-]+)$", exercises, re.M)
     assert solved == labels, f"{chapter.name}: every exercise needs one solution, in order"
     assert exercises.count(".must_pass()") >= len(labels), f"{chapter.name}: every solution must run its check"

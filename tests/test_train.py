@@ -491,16 +491,18 @@ def test_steps_between_logs_do_not_wait_for_the_device(data_dir, tmp_path, monke
 def test_help_shows_the_defaults_that_apply(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=-)", out)}  # each option's lines
     defaults = T.make_config()
     assert defaults == T.TrainConfig()  # one source of truth: the default preset is the dataclass
     assert (defaults.batch_size, defaults.learning_rate, defaults.max_iters) == (32, 3e-3, 1500)
     for f in T.fields(T.TrainConfig):
         if f.name in ("data_dir", "out_dir", "time_budget", "init_from"):
             continue
-        flag = "--" + f.name.replace("_", "-")
-        assert re.search(rf"{flag} VALUE(, --{f.name} VALUE)? default {re.escape(repr(getattr(defaults, f.name)))} ",
-                         text + " "), f.name  # fmt: skip
+        value = getattr(defaults, f.name)
+        shown = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        assert f"(default: {shown})" in entries["--" + f.name.replace("_", "-")], f.name
     assert "this many more seconds" in text  # --time-budget on --resume
 
 
@@ -561,7 +563,7 @@ def test_command_shows_progress_unless_quiet(data_dir, tmp_path):
             "3", "--log-interval", "1", "--device", "cpu"]  # fmt: skip
     loud = subprocess.run([*base, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=120)
     assert loud.returncode == 0, loud.stderr
-    assert "6/6" in loud.stderr and "loss=" in loud.stderr and "tok_s=" in loud.stderr  # the bar
+    assert "100%" in loud.stderr and "6/6 steps" in loud.stderr and "tok/s" in loud.stderr  # the bar
     assert re.search(r"step 3: train loss \d\.\d{4}, val loss \d\.\d{4}", loud.stderr)  # a line per evaluation
     assert "step 6 (max iters)" in loud.stdout
     quiet = subprocess.run([*base, "--out", str(tmp_path / "b"), "--quiet"], env=env, capture_output=True, text=True,
@@ -678,3 +680,218 @@ def test_prepare_chars_once_accepts_the_copy_of_a_process_that_was_first(tmp_pat
     monkeypatch.setattr(T, "prepare_char_dataset", other_process_first)
     assert T.prepare_chars_once(folder).vocab_size == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- the progress bar: steps, loss, tokens/s, time left; full at the end --------------------------------------
+
+BAR = r"\d+%\|[^|]*\| (\d+)/(~?)(\d+) steps \[\d\d:\d\d(.*?)\]"
+
+
+def lines(err: str) -> list[str]:
+    """What stderr showed, line by line: tqdm redraws its line after a carriage return."""
+    return re.split(r"[\r\n]", err)
+
+
+def renders(err: str) -> list[re.Match]:
+    """The states a progress bar on stderr went through, in order."""
+    return [m for m in (re.search(BAR, line) for line in lines(err)) if m]
+
+
+def test_progress_bar_counts_steps_and_shows_loss_speed_and_time_left(data_dir, tmp_path, capsys):
+    run = T.start_run(config(data_dir, tmp_path / "run", max_iters=8, eval_interval=4), progress=True)
+    try:
+        for _ in range(4):
+            T.train_step(run)
+            T.show_progress(run)
+        T.log_metrics(run, T.step_metrics(run))
+        T.train_step(run)
+        T.show_progress(run)
+        shown = str(run.bar)
+    finally:
+        T.close_run(run)
+    bar = re.search(BAR, shown)
+    assert bar and bar.group(1, 2, 3) == ("5", "", "8"), shown  # steps, not seconds
+    assert re.fullmatch(r", loss \d\.\d{3}, [\d,]+ tok/s, \d\d:\d\d left", bar.group(4)), shown
+    assert f"loss {rows(tmp_path / 'run')[-1]['train_loss']:.3f}" in shown  # the last logged loss
+
+
+def test_progress_bar_ends_full_and_the_first_line_has_no_missing_loss(data_dir, tmp_path, capsys):
+    T.train(config(data_dir, tmp_path / "run", max_iters=12, eval_interval=6), progress=True)
+    err = capsys.readouterr().err
+    last = renders(err)[-1]
+    assert last.group(0).startswith("100%|") and last.group(1, 2, 3) == ("12", "", "12"), err
+    assert any(re.fullmatch(r"step 0: untrained, val loss \d\.\d{4}", line) for line in lines(err))
+    assert any(re.fullmatch(r"step 6: train loss \d\.\d{4}, val loss \d\.\d{4}", line) for line in lines(err))
+    assert "loss -" not in err
+
+
+def test_a_time_budget_bar_estimates_its_steps_then_ends_full(data_dir, tmp_path, capsys, monkeypatch, fake_clock):
+    shown, show = [], T.show_progress
+    monkeypatch.setattr(T, "show_progress", lambda run: (show(run), shown.append(str(run.bar))))
+    result = T.train(config(data_dir, tmp_path / "run", time_budget=3.0, eval_interval=1000), progress=True)
+    assert result.stopped == "time_budget" and len(shown) == result.step
+    during = [re.search(BAR, s) for s in shown[2:]]
+    assert all(m and m.group(2) == "~" and m.group(4).endswith(" left") for m in during), shown[-1]
+    assert int(during[-1].group(3)) == pytest.approx(result.step, rel=0.5)  # the estimate is about right at the end
+    last = renders(capsys.readouterr().err)[-1]
+    assert last.group(0).startswith("100%|") and last.group(1, 2, 3) == (str(result.step), "", str(result.step))
+
+
+def test_a_final_evaluation_past_the_budget_is_said_in_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    clock = {"now": 0.0}
+
+    def tick():
+        clock["now"] += 0.01
+        return clock["now"]
+
+    def slow_save(*args, **kwargs):  # the checkpoint takes 5 s, which the run could not know in advance
+        clock["now"] += 5.0
+        return save(*args, **kwargs)
+
+    save = T.save_checkpoint
+    monkeypatch.setattr(T.time, "perf_counter", tick)
+    monkeypatch.setattr(T, "save_checkpoint", slow_save)
+    result = T.train(config(data_dir, tmp_path / "run", time_budget=3.0, eval_interval=1000), progress=True)
+    err = capsys.readouterr().err
+    assert result.stopped == "time_budget"
+    said = [re.fullmatch(r"the final evaluation and checkpoint took (\d+\.\d) s past the 3 s budget", line)
+            for line in lines(err)]  # fmt: skip
+    said = [float(m[1]) for m in said if m]
+    assert len(said) == 1 and 4.5 < said[0] < 6, err
+    assert renders(err)[-1].group(0).startswith("100%|")
+
+
+def test_tqdm_disable_hides_the_bar_even_when_asked_for(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    T.train(config(data_dir, tmp_path / "run", max_iters=4, eval_interval=2), progress=True)
+    err = capsys.readouterr().err
+    assert not renders(err) and "steps [" not in err
+    assert "step 2: train loss" in err  # the evaluation lines the caller asked for remain
+
+
+# --- resuming checks the dataset ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory) -> Path:
+    """Another dataset with the same vocabulary as `data_dir`'s: the same text, backwards."""
+    folder = tmp_path_factory.mktemp("other") / "backwards"
+    T.prepare_char_dataset(T.load_text()[:100_000][::-1], folder)
+    return folder
+
+
+def test_resume_on_another_dataset_is_refused_naming_both(data_dir, other_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=4, eval_interval=2), progress=False)
+    before = snapshot(out)
+    hashes = [json.loads((d / "meta.json").read_text())["source_sha256"] for d in (data_dir, other_data)]
+    assert T.load_prepared(data_dir).meta["tokenizer"] == T.load_prepared(other_data).meta["tokenizer"]
+    with pytest.raises(ValueError) as error:
+        T.train(T.resume_config(out, {"data_dir": str(other_data), "max_iters": "8"}), progress=False)
+    message = str(error.value)
+    assert all(str(x) in message for x in (data_dir, other_data, *hashes, "--new-data")), message
+    assert snapshot(out) == before
+    code, _, err = nanogpt(capsys, "train", "--resume", "--out", str(out), "--data", str(other_data))
+    assert code == 1 and "--new-data" in err and hashes[1] in err
+    assert snapshot(out) == before
+
+
+def test_new_data_resumes_on_another_dataset_with_a_new_best(data_dir, other_data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    first = T.train(config(data_dir, out, max_iters=8, eval_interval=4), progress=False)
+    worse = first.best_val_loss + 1.0  # the new data's validation loss: worse than the old best, yet the new best
+    evaluate = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda *args: evaluate(*args) * 0 + worse)
+    code, stdout, _ = nanogpt(capsys, "train", "--resume", "--out", str(out), "--data", str(other_data),
+                              "--max-iters", "12", "--new-data", "--quiet")  # fmt: skip
+    assert code == 0 and "step 12" in stdout
+    best = json.loads((out / "best" / "state.json").read_text())
+    assert best["step"] == 12 and best["best_val_loss"] == pytest.approx(worse)
+    assert best["data"]["source_sha256"] == T.load_prepared(other_data).meta["source_sha256"]
+    assert best["data"]["dir"] == str(other_data)
+
+
+def test_a_relative_data_folder_is_recorded_absolute_and_resumed_from_anywhere(
+    data_dir, other_data, tmp_path, monkeypatch
+):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copytree(data_dir, tmp_path / "a" / "data")
+    shutil.copytree(other_data, tmp_path / "b" / "data")  # "data" from b is another dataset
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    T.train(config(Path("data"), out, max_iters=4, eval_interval=2), progress=False)
+    state = json.loads((out / "last" / "state.json").read_text())
+    assert Path(state["data"]["dir"]).is_absolute()
+    assert Path(state["data"]["dir"]).resolve() == (tmp_path / "a" / "data").resolve()
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = T.resume_config(out, {"max_iters": "6"})
+    assert resumed.data_dir == state["data"]["dir"]
+    assert T.train(resumed, progress=False).step == 6
+
+
+# --- non-finite weights are never called good -----------------------------------------------------------------
+
+
+def test_a_checkpoint_with_nan_weights_is_not_resumed_nor_copied_to_best(data_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=6, eval_interval=3), progress=False)
+    model = T.load_checkpoint(out / "last")[0]
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    state = T.read_state(out / "last")
+    state = {k: v for k, v in state.items() if k not in ("format", "version", "files", "optimizer")}
+    state["best_val_loss"] = state["val_loss"]  # last/ claims to be the best: a resume would finish a copy to best/
+    T.save_checkpoint(out / "last", model, T.make_optimizer(model, 1e-3, 0.1), state)  # valid hashes
+    import shutil
+
+    shutil.rmtree(out / "best")
+    with pytest.raises(T.CheckpointError, match="not finite") as error:
+        T.train(T.resume_config(out, {"max_iters": "12"}), progress=False)
+    assert "last good" not in str(error.value)
+    assert not (out / "best").exists(), "non-finite weights were copied to best/"
+
+
+# --- messages ---------------------------------------------------------------------------------------------------
+
+
+def test_interrupted_summary_shows_the_loss_of_its_own_step(data_dir, tmp_path, capsys, monkeypatch):
+    log = T.log_metrics
+
+    def ctrl_c_after_step_5(run, row):
+        log(run, row)
+        if row["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer: stop after the next step
+
+    monkeypatch.setattr(T, "log_metrics", ctrl_c_after_step_5)
+    out = tmp_path / "run"
+    code, stdout, _ = nanogpt(capsys, "train", "--data", str(data_dir), "--out", str(out), "--n-layer", "1",
+                              "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+                              "--max-iters", "100", "--eval-interval", "4", "--log-interval", "1", "--device", "cpu",
+                              "--quiet")  # fmt: skip
+    assert code == 130
+    summary = re.search(r"step (\d+) \(interrupted\), \d+ s, train loss (\d\.\d{4}),", stdout)
+    assert summary, stdout
+    row = next(r for r in rows(out) if r["step"] == int(summary[1]))
+    assert summary[2] == f"{row['train_loss']:.4f}" and "val_loss" not in row
+    monkeypatch.setattr(T, "log_metrics", log)
+    result = T.train(T.resume_config(out, {"max_iters": "30"}), progress=False,
+                     callback=lambda row: row["step"] == 9 and os.kill(os.getpid(), signal.SIGINT))  # fmt: skip
+    assert result.stopped == "interrupted" and result.step == 10 and result.val_loss is None
+    assert result.train_loss == rows(out)[-1]["train_loss"] and rows(out)[-1]["step"] == 10
+
+
+def test_a_model_too_large_for_memory_says_so_not_the_batch(data_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        T.train(config(data_dir, out, n_embd=10_000_000), progress=False)
+    message = str(error.value)
+    assert "the model itself does not fit" in message and "--n-embd" in message and "--n-layer" in message
+    assert "--batch-size" not in message and re.search(r"about [\d,]+ parameters", message)
+    assert not out.exists()
+    small = T.GPT(GPTConfig(65, 16, 2, 2, 32))
+    assert T.parameter_count(config(data_dir, out), small.config) == pytest.approx(
+        sum(p.numel() for p in small.parameters()), rel=0.05
+    )

@@ -16,17 +16,21 @@ from nanogpt_lib.viz import (
     MAX_TOKENS,
     STATIC,
     AttentionExplorer,
+    AttentionOnlyGPT,
     ablate_head,
     attention_data,
     attention_weights,
     decode_weights,
     encode_weights,
     explorer_data,
+    induction_score,
     logit_lens,
     plot_compare,
     plot_head_view,
     plot_model_view,
     plot_pattern,
+    previous_token_score,
+    repeat_segment,
     residual_stream,
     state_size,
     token_labels,
@@ -214,3 +218,49 @@ def test_package_data_ships_the_front_end():
     patterns = pyproject["tool"]["setuptools"]["package-data"]["nanogpt_lib"]
     for name in ("explorer.js", "explorer.css", "static_widgets.js"):
         assert any(Path("static", name).match(p) for p in patterns), name
+
+
+def test_attention_only_model_is_the_gpt_without_its_mlps(tok):
+    """Same embeddings, norms and attention as chapter 4's GPT; each block adds attention's output only."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    full, bare = GPT(config).eval(), AttentionOnlyGPT(config).eval()
+    assert not any("mlp" in n or "ln_2" in n for n, _ in bare.named_parameters())
+    bare.load_state_dict({k: v for k, v in full.state_dict().items() if "mlp" not in k and "ln_2" not in k})
+    for block in full.transformer.h:  # silence the MLPs: the full model now computes what the bare one does
+        torch.nn.init.zeros_(block.mlp.c_proj.weight)
+        torch.nn.init.zeros_(block.mlp.c_proj.bias)
+    idx = torch.tensor(tok.encode(TEXT[:30]))[None]
+    with torch.no_grad():
+        assert torch.allclose(bare(idx, all_logits=True)[0], full(idx, all_logits=True)[0], atol=1e-6)
+    assert torch.allclose(attention_weights(bare, idx[0]), attention_weights(full, idx[0]), atol=1e-6)
+    x = torch.randn(1, 5, 16)
+    h = bare.transformer.h[0]
+    assert torch.allclose(h(x), x + h.attn(h.ln_1(x)))
+
+
+def test_repeat_segment_writes_the_copy_and_marks_both_copies():
+    x = torch.arange(100, 112).repeat(2, 1)  # two rows of distinct tokens 100..111
+    rows, first, second = repeat_segment(x, torch.tensor([0, 3]), torch.tensor([4, 2]))
+    assert rows[0].tolist() == [100, 101, 102, 103, 100, 101, 102, 103, 108, 109, 110, 111]
+    assert rows[1].tolist() == [100, 101, 102, 103, 104, 103, 104, 107, 108, 109, 110, 111]
+    # position t is marked when rows[t + 1] is inside a copy, after that copy's first token
+    assert first[0].nonzero().ravel().tolist() == [0, 1, 2] and second[0].nonzero().ravel().tolist() == [4, 5, 6]
+    assert first[1].nonzero().ravel().tolist() == [3] and second[1].nonzero().ravel().tolist() == [5]
+    for r, s in zip(rows, second, strict=True):  # in the second copy, the next token is the one after its twin
+        for t in s.nonzero().ravel().tolist():
+            assert r[t + 1] in r[: t].tolist()
+
+
+def test_induction_and_previous_token_scores_read_the_right_cells():
+    T, start, length = 12, 2, 4
+    w = torch.zeros(T, T)
+    for t in range(start + length, start + 2 * length - 1):  # a perfect induction head on the second copy
+        w[t, t - length + 1] = 1.0
+    assert induction_score(w, start, length).item() == pytest.approx(1.0)
+    assert previous_token_score(torch.diag(torch.ones(T - 1), -1)).item() == pytest.approx(1.0)
+    one_step_off = torch.zeros(T, T)
+    for t in range(start + length, start + 2 * length - 1):
+        one_step_off[t, t - length] = 1.0  # attends to the token itself in the first copy: not induction
+    assert induction_score(one_step_off, start, length).item() == 0.0
+    assert induction_score(torch.stack([w, one_step_off]), start, length).tolist() == [1.0, 0.0]

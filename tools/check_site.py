@@ -19,6 +19,9 @@
   connection is required" instead. Every shown output of that kind is reported.
 - **No empty code boxes.** A cell whose only lines are directives (`#| default_exp ...`) shows as
   an empty box unless it is tagged `remove-cell`; every such cell left showing is reported.
+- **The learner's apparatus.** Every main chapter (00-11) shows at least 2 explanatory diagrams
+  (figures labelled `fig-diagram-...`, not data plots) and 20 in all, and has at least 5 exercises
+  of which at least 2 ask for a prediction before running (labels holding `-predict-`).
 - **Numbers unique across the book.** Each chapter numbers its figures, equations and tables with
   its own prefix (front matter `numbering: enumerator: "4.%s"`); two with the same number are reported.
 
@@ -129,6 +132,38 @@ def duplicate_numbers(site: Path) -> list[str]:
     return [f"{kind} {number}: {', '.join(where)}" for (kind, number), where in sorted(seen.items()) if len(where) > 1]
 
 
+MAIN_CHAPTER = re.compile(r"^/chapters/\d\d_")
+MIN_DIAGRAMS, MIN_ALL_DIAGRAMS, MIN_EXERCISES, MIN_PREDICT = 2, 20, 5, 2
+
+
+def apparatus(site: Path) -> dict[str, tuple[int, int, int]]:
+    """For each main chapter's page: (explanatory diagrams, exercises, predict-then-run exercises)."""
+    counts = {}
+    for location, mdast in _pages(site):
+        if not MAIN_CHAPTER.match(location):
+            continue
+        ids = [(n.get("type"), n.get("kind"), n.get("identifier", "")) for n in _nodes(mdast)]
+        diagrams = {i for t, k, i in ids if t == "container" and k == "figure" and i.startswith("fig-diagram-")}
+        exercises = {i for t, _, i in ids if t == "exercise"}
+        counts[location] = (len(diagrams), len(exercises), sum("-predict-" in i for i in exercises))
+    return counts
+
+
+def apparatus_problems(site: Path) -> list[str]:
+    """Main chapters short of diagrams, exercises or predict-then-run exercises, and a book short of diagrams."""
+    counts, problems = apparatus(site), []
+    for location, (diagrams, exercises, predict) in sorted(counts.items()):
+        if diagrams < MIN_DIAGRAMS:
+            problems.append(f"{location}: {diagrams} explanatory diagram(s) (fig-diagram-...), need {MIN_DIAGRAMS}")
+        if exercises < MIN_EXERCISES or predict < MIN_PREDICT:
+            problems.append(f"{location}: {exercises} exercises of which {predict} predict-then-run (-predict-), "
+                            f"need {MIN_EXERCISES} and {MIN_PREDICT}")  # fmt: skip
+    total = sum(d for d, _, _ in counts.values())
+    if counts and total < MIN_ALL_DIAGRAMS:
+        problems.append(f"the book has {total} explanatory diagrams, need {MIN_ALL_DIAGRAMS}")
+    return problems
+
+
 EXPLORER_PAGE = "/chapters/07_inside.md"
 
 
@@ -231,6 +266,7 @@ def main() -> None:
     problems += download_problems(args.site)
     problems += empty_cells(args.site)
     problems += [f"number used twice: {d}" for d in duplicate_numbers(args.site)]
+    problems += apparatus_problems(args.site)
     if any(location == EXPLORER_PAGE for location, _ in _pages(args.site)):
         problems += explorer_problems(args.site)
     if any(location == PLAYGROUND_PAGE for location, _ in _pages(args.site)):
@@ -243,7 +279,7 @@ def main() -> None:
     if problems:
         sys.exit(1)
     checked = ("links resolve, the explorer is live, each chapter offers its notebook, no empty code cells, "
-               "numbers unique")
+               "numbers unique, every main chapter has its diagrams and predict-then-run exercises")
     checked += ", every page with code has outputs and none needs a kernel" if args.outputs else ""
     print(f"site content in {args.site}: {checked}")
 
