@@ -19,6 +19,8 @@ __all__ = [
     "split_special",
     "merge_tables",
     "check_special_tokens",
+    "ASCII_SPLITS",
+    "whole_tokens",
     "BPECodec",
     "training_chunks",
     "merges_for_vocab",
@@ -165,17 +167,19 @@ def encode_chunks(
     byte_ids: Sequence[int],
     ranks: Mapping[tuple[int, int], int],
     cache: dict[str, list[int]],
+    whole: Mapping[str, int] | None = None,
 ) -> list[int]:
     """The token ids of `chunks`, joined: each chunk's UTF-8 bytes mapped through `byte_ids`, then merged.
 
     `cache` maps chunks already encoded to their ids; it is read and filled here, and emptied when it
-    holds `_CACHE_LIMIT` chunks.
+    holds `_CACHE_LIMIT` chunks. A chunk found in `whole` (tokens by their text) is that one token.
     """
     out: list[int] = []
     for chunk in chunks:
         ids = cache.get(chunk)
         if ids is None:
-            ids = apply_merges([byte_ids[b] for b in chunk.encode("utf-8")], ranks)
+            token = whole.get(chunk) if whole else None
+            ids = [token] if token is not None else apply_merges([byte_ids[b] for b in chunk.encode("utf-8")], ranks)
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[chunk] = ids
@@ -291,6 +295,26 @@ def check_special_tokens(special_tokens: Mapping[str, int], first_id: int) -> No
 
 
 # chapters/A5_tokenizer_files.md, code cell 11
+ASCII_SPLITS = {  # a pattern -> its twin for ASCII text, compiled with Python's re
+    GPT2_SPLIT_PATTERN: re.compile(
+        r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]++| ?[0-9]++| ?[^\t-\r A-Za-z0-9]++"""
+        r"""|[\t-\r ]++$|[\t-\r ]+(?![^\t-\r ])|[\t-\r ]"""
+    )
+}
+
+
+def whole_tokens(vocab: Sequence[bytes]) -> dict[str, int]:
+    """The id of every token whose bytes are UTF-8 text, by that text."""
+    whole = {}
+    for i, b in enumerate(vocab):
+        try:
+            whole[b.decode("utf-8")] = i
+        except UnicodeDecodeError:
+            continue
+    return whole
+
+
+# chapters/A5_tokenizer_files.md, code cell 13
 class BPECodec:
     """Encodes text into token ids and decodes ids into text with a fixed byte-level BPE vocabulary.
 
@@ -315,6 +339,7 @@ class BPECodec:
         check_special_tokens(self.special_tokens, len(self._vocab))
         self._special_bytes = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
         self._split = regex.compile(self.pattern)
+        self._ascii_split, self._whole = ASCII_SPLITS.get(self.pattern), whole_tokens(self._vocab)
         self._cache: dict[str, list[int]] = {}
 
     @property
@@ -331,10 +356,11 @@ class BPECodec:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of `text`, with special-token strings treated as ordinary text."""
+        split = self._ascii_split if self._ascii_split is not None and text.isascii() else self._split
         try:
-            return encode_chunks(self._split.findall(text), self._byte_ids, self._ranks, self._cache)
-        except UnicodeEncodeError:
-            return encode_chunks(self._split.findall(_fix_surrogates(text)), self._byte_ids, self._ranks, self._cache)
+            return encode_chunks(split.findall(text), self._byte_ids, self._ranks, self._cache, self._whole)
+        except UnicodeEncodeError:  # lone surrogates, which UTF-8 cannot encode
+            return self.encode_ordinary(_fix_surrogates(text))
 
     def encode(
         self,
@@ -371,7 +397,7 @@ class BPECodec:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-# chapters/A5_tokenizer_files.md, code cell 13
+# chapters/A5_tokenizer_files.md, code cell 15
 def training_chunks(text: str, vocab_size: int, pattern: str, special_tokens: Sequence[str]) -> Counter[str]:
     """The chunks of `text` under `pattern`, with their counts; the text is first cut at `special_tokens`.
 
@@ -435,7 +461,7 @@ def tiktoken_encoding(encoding: str):
         ) from e
 
 
-# chapters/A5_tokenizer_files.md, code cell 14
+# chapters/A5_tokenizer_files.md, code cell 16
 FORMAT = "nanogpt-bpe"
 FORMAT_VERSION = 2  # 1 was a line-based text format; 2 is JSON, the same dict as to_dict
 _NOT_A_FILE_HINT = "is this a file written by BPETokenizer.save?"
@@ -493,7 +519,7 @@ def read_bpe_file(path: str | os.PathLike) -> dict:
     return d
 
 
-# chapters/A5_tokenizer_files.md, code cell 15
+# chapters/A5_tokenizer_files.md, code cell 17
 class BPETokenizer(BPECodec):
     """A byte-level BPE tokenizer: regex pre-tokenization, ordered merges, special tokens.
 

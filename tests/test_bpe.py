@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanogpt_lib.bpe import (
+    ASCII_SPLITS,
     CL100K_SPLIT_PATTERN,
     ENDOFTEXT,
     GPT2_SPLIT_PATTERN,
@@ -22,6 +23,7 @@ from nanogpt_lib.bpe import (
     merges_from_ranks,
     split_pattern,
     train_merges,
+    whole_tokens,
 )
 from nanogpt_lib.data import load_text, tokenizer_from_meta
 
@@ -183,6 +185,29 @@ def test_parity_on_edge_cases(gpt2: BPETokenizer, enc: tiktoken.Encoding, s: str
     assert ids == enc.encode(s, disallowed_special=())
     assert gpt2.encode_ordinary(s) == enc.encode_ordinary(s)
     assert gpt2.decode(ids) == s
+
+
+ASCII = st.characters(max_codepoint=127)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=ASCII, max_size=200) | st.text(alphabet=" \t\n\r\x0b\x0c\x1c\x1fa1'.", max_size=60))
+def test_the_ascii_twin_of_gpt2s_pattern_finds_the_same_chunks(gpt2: BPETokenizer, enc: tiktoken.Encoding, s: str):
+    """Every ASCII character, whitespace and control characters included, is split as the regex module splits it."""
+    assert ASCII_SPLITS[GPT2_SPLIT_PATTERN].findall(s) == regex.findall(GPT2_SPLIT_PATTERN, s)
+    assert gpt2.encode_ordinary(s) == enc.encode_ordinary(s)
+
+
+def test_the_ascii_twin_covers_each_character_and_the_whole_tokens_are_tokens(gpt2: BPETokenizer):
+    twin = ASCII_SPLITS[GPT2_SPLIT_PATTERN]
+    for c in map(chr, range(128)):
+        for s in (c, c * 3, f"a{c}b", f" {c} ", f"{c}\n", f"'s{c}", f"1{c}x"):
+            assert twin.findall(s) == regex.findall(GPT2_SPLIT_PATTERN, s), repr(s)
+    whole = whole_tokens([gpt2.token_bytes(i) for i in range(50257)])
+    assert whole[" the"] == gpt2.encode_ordinary(" the")[0] and all(
+        gpt2.token_bytes(i).decode("utf-8") == t for t, i in list(whole.items())[::97]
+    )
+    assert ASCII_SPLITS.get(BPETokenizer.train("ab ab ab", 258, pattern="cl100k").pattern) is None
 
 
 @settings(max_examples=300, deadline=None)

@@ -223,8 +223,8 @@ def wait_for_run(page, timeout_s: float) -> None:
     pytest.fail("the chapter did not finish running in time (screenshot: build/screenshots/lab_timeout.png)")
 
 
-def run_all_in_lab(page, url: str, timeout_s: float) -> None:
-    """Open the notebook at `url` in JupyterLab, take its Python 3 kernel, run all its cells and wait for them."""
+def open_in_lab(page, url: str) -> None:
+    """Open the notebook at `url` in JupyterLab, take its Python 3 kernel and wait until the kernel is idle."""
     page.goto(url)
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
     accept = page.locator(".jp-Dialog button.jp-mod-accept")  # "Select Kernel": take the notebook's python3
@@ -234,6 +234,11 @@ def run_all_in_lab(page, url: str, timeout_s: float) -> None:
         accept.click()
     kernel.wait_for(timeout=120_000)
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+
+
+def run_all_in_lab(page, url: str, timeout_s: float) -> None:
+    """Open the notebook at `url` in JupyterLab, take its Python 3 kernel, run all its cells and wait for them."""
+    open_in_lab(page, url)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     wait_for_run(page, timeout_s)

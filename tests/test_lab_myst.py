@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import SHOTS, UNRESOLVED_IN_LAB, browser, jupyterlab, watch  # noqa: F401
+from test_browser import SHOTS, UNRESOLVED_IN_LAB, browser, jupyterlab, open_in_lab, watch  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = ROOT / "chapters" / "03_attention.md"
@@ -78,14 +78,7 @@ def chapter(browser, tmp_path_factory):  # noqa: F811
         watch(page, errors)
         page.on("console", lambda msg: unresolved.update(re.findall(r"not found: (\S+)", msg.text))
                 if UNRESOLVED_IN_LAB.fullmatch(msg.text) else None)  # fmt: skip
-        page.goto(f"{base}/lab/tree/chapters/{CHAPTER.name}?token={token}")
-        page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
-        accept = page.locator(".jp-Dialog button.jp-mod-accept")  # "Select Kernel": take the notebook's python3
-        kernel = page.locator(".jp-Toolbar-kernelName", has_text="Python 3")
-        accept.or_(kernel).first.wait_for(timeout=180_000)
-        if accept.count():
-            accept.click()
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+        open_in_lab(page, f"{base}/lab/tree/chapters/{CHAPTER.name}?token={token}")
         page.wait_for_function(  # by jupyterlab-myst (.myst) or, without it, by JupyterLab's own Markdown renderer
             """() => { const md = document.querySelectorAll('.jp-MarkdownCell'), shown = document.querySelectorAll(
                          '.jp-MarkdownCell .myst, .jp-MarkdownCell .jp-RenderedMarkdown');
