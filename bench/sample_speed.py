@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 import nanogpt_lib.modern  # noqa: F401 (registers chapter 9's model, so that its checkpoints load)
-from nanogpt_lib.device import pick_device, pick_precision, synchronize
+from nanogpt_lib.device import pick_device, pick_precision
 from nanogpt_lib.export import OnnxSampler, export_onnx, quantize_onnx
-from nanogpt_lib.generate import generate
+from nanogpt_lib.generate import CompiledDecoder, generate, read_bandwidth
 from nanogpt_lib.model import GPT, GPTConfig, build_model
 from nanogpt_lib.train import load_checkpoint, load_prepared
 
@@ -59,12 +59,6 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def read_bandwidth(device: torch.device, mb: int = 256, repeats: int = 5) -> float:
-    """Bytes per second the device reads from an array far larger than its caches (a sum: reading, little else)."""
-    src = torch.ones(mb * 2**20 // 4, device=device)  # written once here: page faults are not bandwidth
-    return src.numel() * src.element_size() / best_time(lambda: (src.sum(), synchronize(device)), repeats)
 
 
 def cache_bytes(config: GPTConfig, position: int, element_size: int) -> int:
@@ -88,6 +82,20 @@ def nanogpt_model(checkout: Path, config: GPTConfig, ours: GPT) -> torch.nn.Modu
     if [k for k in missing if not k.endswith(".attn.bias")] or unexpected:
         raise SystemExit(f"nanoGPT's parameters do not match ours: missing {missing}, unexpected {unexpected}")
     return theirs
+
+
+def compiled_row(model: GPT, name: str, prompt: torch.Tensor, n: int, repeats: int, mb: float, loss) -> tuple:
+    """The cached row again with `CompiledDecoder` (A6): its tokens checked against the uncompiled cache's, and the
+    first call's time (the compile) printed."""
+    fast = CompiledDecoder(model)
+    t0 = time.perf_counter()
+    tokens = generate(fast, prompt, n, temperature=0)
+    compile_s = time.perf_counter() - t0
+    same = torch.equal(tokens, generate(model, prompt, n, temperature=0))
+    failed = f"; compiling FAILED, so it ran uncompiled: {fast.failed}" if fast.failed else ""
+    print(f"{name} compiled: first call {compile_s:.1f} s (compiling); same tokens as uncompiled: {same}{failed}")
+    tps = n / best_time(lambda: generate(fast, prompt, n, temperature=0), repeats)
+    return ("ours, KV cache, compiled", name, f"{prompt.size(1)} + {n}", tps, None, mb, loss)
 
 
 def validation_windows(info: dict, block_size: int, n: int = 64) -> np.ndarray:
@@ -196,6 +204,8 @@ def main() -> None:
             tps = prompt.size(0) * n / best_time(run, repeats)  # tokens of every sample in the batch
             results[name, label] = tps
             rows.append((label, name, f"{prompt.size(1)} + {n}", tps, fwd_ms, mb, loss))
+        rows.append(compiled_row(model, name, inside, n, args.repeats, mb, loss))
+        results[name, "ours, KV cache"] = max(results[name, "ours, KV cache"], rows[-1][3])
     prompts = {"inside": inside, "past": past, "batch": inside.repeat(8, 1)}
     rows += onnx_rows(models["fp32"], prompts, n, args.repeats, windows)
 
@@ -204,14 +214,15 @@ def main() -> None:
     for label, name, where, tps, fwd, mb, loss in rows:
         ratio = f"{tps / reference:.1f}x" if reference else "-"
         size, val = ("-" if mb is None else f"{mb:.1f}"), ("-" if loss is None else f"{loss:.4f}")
-        print(f"{label:<38}{name:>8}{where:>14}{tps:>10.0f}{ratio:>12}{fwd:>10.2f} ms{size:>8}{val:>10}")
+        fwd = "-" if fwd is None else f"{fwd:.2f} ms"
+        print(f"{label:<38}{name:>8}{where:>14}{tps:>10.0f}{ratio:>12}{fwd:>13}{size:>8}{val:>10}")
     if not reference:
         print(f"vs nanoGPT: {NOT_MEASURED}")
     print_bound(rows, config, device, inside.size(1) + n // 2)
-    best = max(v for (_, label), v in results.items() if label == "ours, KV cache")
+    best = results["fp32", "ours, KV cache"]  # the faster of the uncompiled and the compiled fp32 rows
     if reference:
         verdict = "met" if best >= TARGET_RATIO * reference else "NOT met"
-        print(f"\ntarget: the cache, one sequence, >= {TARGET_RATIO:.0f}x nanoGPT's tokens/s in this run: "
+        print(f"\ntarget: the fp32 cache, one sequence, >= {TARGET_RATIO:.0f}x nanoGPT's tokens/s in this run: "
               f"{best / reference:.1f}x, {verdict}")  # fmt: skip
     else:
         print(f"\ntarget: the cache, one sequence, >= {TARGET_RATIO:.0f}x nanoGPT's tokens/s: {NOT_MEASURED}")

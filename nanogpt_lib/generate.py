@@ -13,6 +13,9 @@ __all__ = [
     "next_token_logits",
     "generate_stream",
     "generate",
+    "read_bandwidth",
+    "step_bytes",
+    "CompiledDecoder",
     "DEFAULT_PROMPT",
     "encode_prompt",
     "stream_text",
@@ -22,12 +25,14 @@ __all__ = [
 ]
 
 
+import time
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from nanogpt_lib.device import free_memory
+from nanogpt_lib.device import free_memory, synchronize
 
 
 # chapters/06_sampling.md, code cell 11
@@ -233,6 +238,62 @@ def generate(
 
 
 # chapters/A6_sampling_engineering.md, code cell 6
+def read_bandwidth(device: torch.device | str = "cpu", mb: int = 256, repeats: int = 5) -> float:
+    """Bytes per second `device` reads: the best of `repeats` sums of an `mb`-MB array, larger than its caches."""
+    src = torch.ones(mb * 2**20 // 4, device=device)  # written once here: page faults are not bandwidth
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        src.sum()
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return src.numel() * src.element_size() / best
+
+
+def step_bytes(model: nn.Module, position: int) -> int:
+    """About the bytes one cached step of one sequence reads at `position`: every weight once (the embedding
+    tables whole, though a step reads one row of each unless the head shares them), and the keys and values of
+    `position` tokens in every layer, as many as a one-token pass of `model` puts in its cache."""
+    cache, was_training = KVCache(model.config.n_layer, 1), model.training
+    with torch.inference_mode():
+        model.eval()  # no dropout: it would draw from the global random generator
+        model(torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device), cache=cache)
+    model.train(was_training)
+    per_position = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + position * per_position
+
+
+# chapters/A6_sampling_engineering.md, code cell 9
+class CompiledDecoder(nn.Module):
+    """`model` for sampling, with its cached one-token steps compiled by `torch.compile`.
+
+    Use it in place of the model: `generate(CompiledDecoder(model), idx, n)`. A call with a cache and one new
+    token per row runs the compiled step; any other call runs `model` as it is. On a CPU each matrix-vector
+    product becomes a fused loop over the weights (`decompose_mm_pass`). If compiling fails, a warning gives
+    the reason once and every later step runs uncompiled.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.train(model.training)  # so that generate, which restores the mode it found, leaves model's as it was
+        options = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}  # matrix x vector as a fused loop
+        self.step = torch.compile(model, options=options)
+        self.failed: str | None = None  # why compiling failed, once it has
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None):
+        if cache is None or targets is not None or idx.size(1) != 1 or self.failed:
+            return self.model(idx, targets, cache=cache)
+        try:
+            return self.step(idx, cache=cache)
+        except Exception as e:  # a failed compile runs nothing: the uncompiled step below starts afresh
+            self.failed = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
+            warnings.warn(f"the decoding step could not be compiled ({self.failed}); sampling runs uncompiled",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
+            return self.model(idx, targets, cache=cache)
+
+
+# chapters/A6_sampling_engineering.md, code cell 12
 DEFAULT_PROMPT = "\n"
 
 
@@ -258,7 +319,7 @@ def encode_prompt(tokenizer, prompt: str, device: torch.device | str = "cpu") ->
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-# chapters/A6_sampling_engineering.md, code cell 9
+# chapters/A6_sampling_engineering.md, code cell 15
 def _held_back(text: str, stop: str) -> int:
     """How many characters at the end of `text` could be the start of `stop` (so may not be shown yet)."""
     for n in range(min(len(stop) - 1, len(text)), 0, -1):
@@ -308,7 +369,7 @@ def stream_text(
         yield text[shown:]
 
 
-# chapters/A6_sampling_engineering.md, code cell 12
+# chapters/A6_sampling_engineering.md, code cell 18
 def generate_text(
     model: nn.Module,
     tokenizer,
@@ -343,7 +404,7 @@ def generate_text(
     return [t.split(stop, 1)[0] if stop is not None else t for t in texts]
 
 
-# chapters/A6_sampling_engineering.md, code cell 17
+# chapters/A6_sampling_engineering.md, code cell 23
 def sample_memory_bytes(model: nn.Module, batch: int, length: int, use_cache: bool = True) -> int:
     """About how many bytes generating `batch` rows of up to `length` tokens needs besides the weights.
 
