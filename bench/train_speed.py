@@ -102,8 +102,10 @@ def plain_loop_tokens_per_s(data: Path, steps: int) -> float:
     return cfg.batch_size * cfg.block_size / statistics.mean(times[10:])
 
 
-def nanogpt_tokens_per_s(data: Path, steps: int, checkout: Path) -> float:
-    """nanoGPT's model and training step, set up as its train.py sets them up for the reference config."""
+def nanogpt_run(data: Path, steps: int, checkout: Path, eval_interval: int | None = None) -> dict:
+    """nanoGPT's model and training step, set up as its train.py sets them up for the reference config; with
+    `eval_interval`, its evaluation too (`estimate_loss`: eval_iters batches of each split, every eval_interval
+    iterations and at the last). Returns the step times (s), the wall time of the whole loop and the last val loss."""
     sys.path.insert(0, str(checkout))
     from model import GPT as NanoGPT  # the checkout's model.py
     from model import GPTConfig as NanoConfig
@@ -118,13 +120,22 @@ def nanogpt_tokens_per_s(data: Path, steps: int, checkout: Path) -> float:
     torch.manual_seed(1337)
     model = NanoGPT(NanoConfig(vocab_size=prepared.vocab_size, **shape)).to(device)
     optimizer = model.configure_optimizers(0.1, REFERENCE["learning_rate"], (0.9, 0.99), device.type)
-    B, T, train_ids = REFERENCE["batch_size"], REFERENCE["block_size"], prepared.train
+    B, T = REFERENCE["batch_size"], REFERENCE["block_size"]
 
-    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(len(train_ids) - T, (B,))
-        x = torch.stack([torch.from_numpy(train_ids[i : i + T].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(train_ids[i + 1 : i + 1 + T].astype(np.int64)) for i in ix])
+    def get_batch(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        ids = prepared.train if split == "train" else prepared.val
+        ix = torch.randint(len(ids) - T, (B,))
+        x = torch.stack([torch.from_numpy(ids[i : i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(ids[i + 1 : i + 1 + T].astype(np.int64)) for i in ix])
         return x.to(device), y.to(device)
+
+    @torch.no_grad()
+    def val_loss() -> float:  # its estimate_loss, both splits as it computes them
+        model.eval()
+        losses = {split: [model(*get_batch(split))[1].item() for _ in range(REFERENCE["eval_iters"])]
+                  for split in ("train", "val")}  # fmt: skip
+        model.train()
+        return statistics.mean(losses["val"])
 
     def lr_at(it: int) -> float:  # linear warm-up, then cosine decay to min_lr over max_iters
         warm, total, lr, min_lr = (REFERENCE[k] for k in ("warmup_iters", "max_iters", "learning_rate", "min_lr"))
@@ -133,8 +144,10 @@ def nanogpt_tokens_per_s(data: Path, steps: int, checkout: Path) -> float:
         return min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / (total - warm)))) * (lr - min_lr)
 
     x, y = get_batch()
-    times = []
-    for it in range(steps + 10):
+    times, loss_val, start = [], float("nan"), time.perf_counter()
+    for it in range(steps + 1 if eval_interval else steps + 10):  # its loop runs iterations 0 to max_iters
+        if eval_interval and (it % eval_interval == 0 or it == steps):
+            loss_val = val_loss()
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it)
@@ -149,7 +162,13 @@ def nanogpt_tokens_per_s(data: Path, steps: int, checkout: Path) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # its CPU command logs every step (--log_interval=1)
         times.append(time.perf_counter() - t0)
-    return B * T / statistics.mean(times[10:])
+    return dict(times=times, wall=time.perf_counter() - start, val_loss=loss_val)
+
+
+def nanogpt_tokens_per_s(data: Path, steps: int, checkout: Path) -> float:
+    """nanoGPT's training throughput on the reference config, after 10 warm-up steps."""
+    times = nanogpt_run(data, steps, checkout)["times"]
+    return REFERENCE["batch_size"] * REFERENCE["block_size"] / statistics.mean(times[10:])
 
 
 def trainer_tokens_per_s(data: Path, out: Path, steps: int, precision: str) -> float:

@@ -92,6 +92,11 @@ PRESET_NOTES: dict[str, tuple[str, dict[str, object]]] = {
     "shakespeare_char_modern": ("chapter 10's CPU minute: Muon on the hidden matrices, 3 layers, batches of 48",
                                 dict(out_dir="out/shakespeare_char_modern", optimizer="muon", muon_lr=0.02, n_layer=3,
                                      batch_size=48)),
+    "shakespeare_char_speedrun": ("the CPU speedrun record: the modern preset with its own head, the rate decayed "
+                                  "to 0, one evaluation, for 89 s (nanoGPT's 2,000 iterations there; bench/README.md)",
+                                  dict(out_dir="out/shakespeare_char_speedrun", optimizer="muon", muon_lr=0.02,
+                                       n_layer=3, batch_size=48, tie_embeddings=False, min_lr=0.0, warmup_iters=20,
+                                       eval_interval=100_000, time_budget=89.0)),
 }  # fmt: skip
 MAX_NEW_TOKENS = 100_000  # `nanogpt sample`: about a novel of characters; run it again for more
 PROMPT_FILE_LIMIT = 1_000_000  # bytes; the model reads only the last block_size tokens of a prompt anyway
