@@ -320,6 +320,7 @@ def test_ctrl_c_during_the_imports_of_train_is_one_line(capsys, monkeypatch):
 def test_a_real_sigint_before_the_trainer_starts_gives_no_traceback(tmp_path):
     code = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a terminal, whatever the parent ignores
         "from nanogpt_lib import cli\n"
         "cli._register_kinds = lambda: os.kill(os.getpid(), signal.SIGINT)\n"
         f"sys.exit(cli.main(['train', '--out', {str(tmp_path / 'run')!r}]))\n"
