@@ -426,6 +426,25 @@ def test_a_checkpoint_save_never_writes_through_a_link(tmp_path, name, target):
     assert not folder.is_symlink()
 
 
+def test_a_save_killed_inside_the_safetensors_writer_is_cleaned_up_but_a_users_file_is_not(tmp_path):
+    """safetensors 0.8 writes `.tmpXXXXXX` and renames it: a kill -9 mid-write leaves it in last.tmp/, and the
+    next save (or a resume) must treat it as the interrupted save's, while a file of the user's there is refused."""
+    folder = saved(tmp_path / "run" / "last")
+    half = folder.with_name("last.tmp")
+    half.mkdir()
+    (half / ".tmpAb12Cd").write_bytes(b"half a weights file")
+    torch.manual_seed(1)
+    model = GPT(SMALL)
+    state = {"step": 4, "model_config": SMALL.to_dict(), "tokenizer": TOKENIZER.to_dict()}
+    C.save_checkpoint(folder, model, torch.optim.AdamW(model.parameters()), state)
+    assert C.read_state(folder)["step"] == 4 and sorted(p.name for p in folder.parent.iterdir()) == ["last"]
+    half.mkdir()
+    (half / ".tmpAb12Cd.txt").write_text("the user's own words")  # not the writer's pattern: kept, and named
+    with pytest.raises(C.CheckpointError, match=r"holds last\.tmp/\.tmpAb12Cd\.txt, which no checkpoint save writes"):
+        C.save_checkpoint(folder, model, torch.optim.AdamW(model.parameters()), state)
+    assert (half / ".tmpAb12Cd.txt").read_text() == "the user's own words"
+
+
 @pytest.mark.parametrize("name", ["best.tmp", "best.old", "best"])
 def test_a_copy_to_best_never_writes_through_a_link(tmp_path, name):
     folder = saved(tmp_path / "run" / "last")
