@@ -21,7 +21,6 @@ __all__ = [
     "save_checkpoint",
     "copy_checkpoint",
     "read_state",
-    "SAFETENSORS_SCRATCH",
     "find_checkpoint",
     "last_checkpoint",
     "nonfinite_tensor",
@@ -422,17 +421,13 @@ def _choose(folder: Path) -> Path | None:
     return max(complete, key=lambda p: steps[p]) if complete else None
 
 
-SAFETENSORS_SCRATCH = re.compile(r"\.tmp[A-Za-z0-9]{6}")  # safetensors writes a file so named, then renames it
-
-
 def _foreign(folder: Path) -> list[str]:
-    """What the checkpoint folder `folder` holds that no save writes (a user's notes, a link), as `folder/name`.
-    safetensors' own temporary file, left behind by a save killed mid-write, is the save's, not foreign."""
+    """What `folder` holds that no save writes (user files, links) as `folder/name`; safetensors' .tmpXXXXXX is ours."""
     if folder.is_symlink() or not folder.is_dir():
         return []
-    ours = lambda name: name in (*CHECKPOINT_FILES, "state.json") or SAFETENSORS_SCRATCH.fullmatch(name)  # noqa: E731
-    return [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir())
-            if p.is_symlink() or not p.is_file() or not ours(p.name)]  # fmt: skip
+    ours = (*CHECKPOINT_FILES, "state.json")
+    return [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_symlink() or not p.is_file()
+            or (p.name not in ours and not re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", p.name))]  # fmt: skip
 
 
 def _recover(folder: Path) -> None:
