@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from tiny_runs import sharpened
 from torch._dynamo.utils import counters
 
 from nanogpt_lib.cli import main
@@ -15,15 +16,6 @@ from nanogpt_lib.model import GPT, GPTConfig
 from nanogpt_lib.modern import ModernConfig, ModernGPT
 
 BLOCK = 16
-
-
-def sharpened(model):
-    """Larger weights than at init: sharper, more varied distributions, so that a changed token would show."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4)
-    return model.eval()
 
 
 def gpt(seed=0):

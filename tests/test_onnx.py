@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import sharpened
 
 from nanogpt_lib import export as X
 from nanogpt_lib.cli import main
@@ -24,15 +25,6 @@ from nanogpt_lib.train import save_checkpoint
 
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sharpened(model):
-    """Random weights times 4 on the matrices: clear choices, so greedy decoding has no near-ties."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4)
-    return model.eval()
 
 
 def run_folder(folder: Path, model, tokenizer_spec: dict) -> Path:

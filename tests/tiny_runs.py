@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 from nanogpt_lib import train as T
 
 TINY = dict(
@@ -19,3 +21,12 @@ def config(data_dir: Path, out: Path, **overrides) -> T.TrainConfig:
 def rows(out: Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def sharpened(model):
+    """Random weights times 4 on the matrices: clear choices, so greedy decoding has no near-ties."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4)
+    return model.eval()
