@@ -622,6 +622,20 @@ def test_a_run_cut_short_is_not_finished(data_dir: Path, tmp_path: Path):
     assert not T.finished(cfg)
 
 
+def test_resume_is_refused_by_the_lock_before_the_checkpoint_is_read(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=2, eval_interval=2))
+    (out / "last" / "state.json").write_text("{half written")  # what a reader can meet while a trainer saves
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(RuntimeError, match=f"in use by another trainer \\(PID {holder.pid}\\)"):
+            T.resume_config(out)
+    finally:
+        release(holder)
+    with pytest.raises(ValueError, match="state.json"):  # free again: now the damage is what is reported
+        T.resume_config(out)
+
+
 def test_load_or_train_waits_while_another_process_holds_the_folder(data_dir: Path, tmp_path: Path):
     import threading
 
