@@ -380,12 +380,27 @@ BREAKAGES = {
 }
 
 
+def one_page_project(dest: Path, text: str) -> Path:
+    """The book's site settings (its error rules, its bibliography) around one page, intro.md, holding `text`."""
+    dest.mkdir(parents=True)
+    config = yaml.safe_load((ROOT / "myst.yml").read_text())
+    config["project"]["toc"] = [{"file": "intro.md"}]
+    config["site"]["template"] = str(TEMPLATE)
+    (dest / "myst.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copy(ROOT / "references.bib", dest / "references.bib")
+    (dest / "intro.md").write_text(f"# One page\n\n(sec-one)=\n## A section\n\n{text}\n")
+    return dest
+
+
+def test_the_one_page_project_builds_cleanly(tmp_path):
+    result = build(one_page_project(tmp_path / "book", "See {ref}`sec-one` and {cite:p}`vaswani2017attention`."))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("kind", sorted(BREAKAGES))
 def test_a_broken_reference_fails_the_check(kind, tmp_path):
     line, name = BREAKAGES[kind]
-    project = copy_project(tmp_path / "book")
-    intro = project / "intro.md"
-    intro.write_text(intro.read_text() + f"\n{line}\n")
+    project = one_page_project(tmp_path / "book", line)
     result = build(project)
     assert result.returncode != 0, f"a {kind} must fail the site check:\n{result.stdout[-3000:]}"
     assert name in result.stdout + result.stderr
