@@ -951,10 +951,11 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     The data is the folder the checkpoint records, absolute (a relative --data was relative to where the run began).
     A trainer still running in `out_dir` is refused by its lock before its checkpoint is read, half-saved or not.
     """
-    if Path(out_dir).is_dir():
-        lock_out_dir(Path(out_dir))
-        unlock_out_dir(Path(out_dir))
-    state = read_state(last_checkpoint(Path(out_dir)))
+    out = Path(out_dir)
+    if out.is_dir():
+        lock_out_dir(out)
+        unlock_out_dir(out)
+    state = read_state(last_checkpoint(out))
     saved = {f.name: state["train_config"][f.name] for f in fields(TrainConfig) if f.name in state["train_config"]}
     recorded = state["data"].get("dir") if isinstance(state.get("data"), dict) else None
     if isinstance(recorded, str) and Path(recorded).is_absolute():
