@@ -172,14 +172,21 @@ class Muon(torch.optim.Optimizer):
 # chapters/10_muon.md, code cell 15
 def make_muon(
     model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
-    muon_lr: float = 0.02, muon_momentum: float = 0.95,
+    muon_lr: float = 0.02, muon_momentum: float = 0.95, embedding_lr: float | None = None,
 ) -> Muon:
-    """`Muon` over `muon_param_groups`: the trainer's optimizer "muon" (`--optimizer muon`)."""
+    """`Muon` over `muon_param_groups`: the trainer's optimizer "muon" (`--optimizer muon`). With `embedding_lr`,
+    the embedding tables (and a head tied to one) leave the third group for a fourth, at that peak rate."""
     groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
+    if embedding_lr is not None:
+        tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        rest = groups[2]["params"]
+        groups[2]["params"] = [p for p in rest if id(p) not in tables]
+        groups.append({"params": [p for p in rest if id(p) in tables], "muon": False, "lr": embedding_lr,
+                       "lr_scale": embedding_lr / learning_rate, "weight_decay": 0.0})
     return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
 
 
-register_optimizer("muon", make_muon, ("muon_lr", "muon_momentum"))
+register_optimizer("muon", make_muon, ("muon_lr", "muon_momentum", "embedding_lr"))
 
 
 # chapters/10_muon.md, code cell 17

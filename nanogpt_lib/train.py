@@ -778,6 +778,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw", or "muon" for the hidden layers' weight matrices (chapter 10)
     muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
     muon_momentum: float = 0.95
+    embedding_lr: float | None = None  # Muon runs: AdamW's peak rate for the embedding tables; None: learning_rate
     schedule: str = "cosine"  # "cosine", or "wsd": warmup, stable, then a linear decay (chapter 10)
     cooldown_frac: float = 0.2  # wsd: the fraction of the run spent decaying to min_lr
     # evaluation and logging
@@ -809,7 +810,7 @@ def _check_config(config: TrainConfig) -> None:
     for f in fields(config):
         _check_type(f.name, getattr(config, f.name))
     finite = ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "dropout", "time_budget")
-    finite += ("muon_lr", "muon_momentum", "cooldown_frac")
+    finite += ("muon_lr", "muon_momentum", "embedding_lr", "cooldown_frac")
     for name in finite:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
@@ -833,6 +834,8 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{_option(name)} must be in [0, 1), got {getattr(config, name)}")
     if config.time_budget is not None and config.time_budget <= 0:
         raise ValueError(f"--time-budget must be a positive number of seconds, got {config.time_budget}")
+    if config.embedding_lr is not None and config.embedding_lr <= 0:
+        raise ValueError(f"--embedding-lr must be a positive number (none: --learning-rate), got {config.embedding_lr}")
     if config.lr_decay_iters is not None and config.lr_decay_iters < 1:
         raise ValueError(f"--lr-decay-iters must be at least 1, got {config.lr_decay_iters}")
     _check_choice("optimizer", config.optimizer, tuple(OPTIMIZERS))  # those registered (chapters 5 and 10)
@@ -872,6 +875,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare_char_speedrun": dict(
         out_dir="out/shakespeare_char_speedrun", optimizer="muon", muon_lr=0.02, n_layer=3, batch_size=48,
         tie_embeddings=False, min_lr=0.0, warmup_iters=20, eval_interval=100_000, time_budget=89.0,
+        embedding_lr=0.03,
     ),
 }  # fmt: skip
 
@@ -966,6 +970,11 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict[str, Any] | None =
         raise ValueError(
             f"cannot resume {out_dir} with --optimizer {config.optimizer}: it was trained with "
             f"{saved.get('optimizer', 'adamw')}, whose state the checkpoint holds; resume with the same optimizer"
+        )
+    if config.optimizer == "muon" and (config.embedding_lr is None) != (saved.get("embedding_lr") is None):
+        raise ValueError(  # the embedding tables' own group exists in one run and not in the other
+            f"cannot resume {out_dir} with --embedding-lr {config.embedding_lr}: it was trained with "
+            f"--embedding-lr {saved.get('embedding_lr')}; give a number where it had one, none where it had none"
         )
     return config
 

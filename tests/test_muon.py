@@ -225,6 +225,41 @@ def test_muon_groups_follow_the_schedule_from_their_own_peak(data_dir, tmp_path,
     assert seen[5][0] == pytest.approx(0.05) and seen[9][0] < 0.05 / 2
 
 
+def test_embedding_tables_get_their_own_group_at_embedding_lr(data_dir, tmp_path, monkeypatch):
+    """With --embedding-lr the embedding tables leave the third group for a fourth, whose rate follows the schedule
+    from that peak; every parameter is still in exactly one group. Without it the groups are the three above."""
+    gpt = untied_gpt()
+    plain = T.make_optimizer(gpt, 3e-3, 0.1, optimizer="muon")
+    faster = T.make_optimizer(gpt, 3e-3, 0.1, optimizer="muon", embedding_lr=0.03)
+    tables = {id(gpt.transformer.wte.weight), id(gpt.transformer.wpe.weight)}
+    assert len(plain.param_groups) == 3 and len(faster.param_groups) == 4
+    assert {id(p) for p in faster.param_groups[3]["params"]} == tables
+    assert not tables & {id(p) for g in faster.param_groups[:3] for p in g["params"]}
+    assert sorted(id(p) for g in faster.param_groups for p in g["params"]) == sorted(id(p) for p in gpt.parameters())
+    seen: list[list[float]] = []
+    monkeypatch.setattr(T, "make_optimizer", recording(T.make_optimizer, seen))
+    c = config(data_dir, tmp_path, max_iters=6, optimizer="muon", embedding_lr=0.03)
+    T.train(c, progress=False)
+    for s, (_, decayed, rest, embeddings) in enumerate(seen):
+        lr = T.lr_at(s, c.learning_rate, c.min_lr, c.warmup_iters, 6)
+        assert decayed == rest == lr and embeddings == pytest.approx(0.03 * lr / c.learning_rate, rel=1e-12)
+
+
+def test_resume_keeps_the_embedding_group_or_refuses(data_dir, tmp_path):
+    """A run with --embedding-lr resumes with it (its fourth group's moments load); switching it on or off at a
+    resume is refused before anything is read, since the saved optimizer has the other number of groups."""
+    out = tmp_path / "run"
+    T.train(config(data_dir, out, max_iters=4, eval_interval=2, optimizer="muon", embedding_lr=0.03), progress=False)
+    with pytest.raises(ValueError, match="cannot resume .* with --embedding-lr None: it was trained with --embedding"):
+        T.resume_config(out, {"embedding_lr": None})
+    resumed = T.train(T.resume_config(out, {"max_iters": 6, "embedding_lr": 0.05}), progress=False)
+    assert resumed.step == 6
+    plain = tmp_path / "plain"
+    T.train(config(data_dir, plain, max_iters=2, eval_interval=2, optimizer="muon"), progress=False)
+    with pytest.raises(ValueError, match="--embedding-lr 0.03: it was trained with --embedding-lr None"):
+        T.resume_config(plain, {"embedding_lr": 0.03})
+
+
 def test_a_muon_run_lowers_the_loss(data_dir, tmp_path):
     result = T.train(config(data_dir, tmp_path, max_iters=40, eval_interval=40, optimizer="muon", muon_lr=0.05,
                             eval_iters=4), progress=False)  # fmt: skip
@@ -290,6 +325,8 @@ def test_a_muon_checkpoint_from_before_lr_scale_resumes_at_muons_rate(data_dir, 
         ("muon_momentum", "1", "0 <= --muon-momentum < 1"),
         ("cooldown_frac", "0", "0 < --cooldown-frac <= 1"),
         ("cooldown_frac", "nan", "--cooldown-frac must be a finite number"),
+        ("embedding_lr", "0", "--embedding-lr must be a positive number"),
+        ("embedding_lr", "inf", "--embedding-lr must be a finite number"),
     ],
 )
 def test_config_refuses_bad_optimizer_settings(key, value, message):
