@@ -174,10 +174,9 @@ def make_muon(
     model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.99),
     muon_lr: float = 0.02, muon_momentum: float = 0.95, embedding_lr: float | None = None,
 ) -> Muon:
-    """`Muon` over `muon_param_groups`: the trainer's optimizer "muon" (`--optimizer muon`). With `embedding_lr`,
-    the embedding tables (and a head tied to one) leave the third group for a fourth, at that peak rate."""
+    """`Muon` over `muon_param_groups`: the trainer's optimizer "muon" (`--optimizer muon`)."""
     groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
-    if embedding_lr is not None:
+    if embedding_lr is not None:  # the embedding tables (and a head tied to one) leave the third group for a fourth
         tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
         rest = groups[2]["params"]
         groups[2]["params"] = [p for p in rest if id(p) not in tables]
