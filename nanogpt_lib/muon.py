@@ -176,11 +176,10 @@ def make_muon(
 ) -> Muon:
     """`Muon` over `muon_param_groups`: the trainer's optimizer "muon" (`--optimizer muon`)."""
     groups = muon_param_groups(model, weight_decay, learning_rate, muon_lr)
-    if embedding_lr is not None:  # the embedding tables (and a head tied to one) leave the third group for a fourth
-        tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    if embedding_lr is not None:  # the third group's matrices are the embedding tables: they move to a fourth
         rest = groups[2]["params"]
-        groups[2]["params"] = [p for p in rest if id(p) not in tables]
-        groups.append({"params": [p for p in rest if id(p) in tables], "muon": False, "lr": embedding_lr,
+        groups[2]["params"] = [p for p in rest if p.dim() < 2]
+        groups.append({"params": [p for p in rest if p.dim() == 2], "muon": False, "lr": embedding_lr,
                        "lr_scale": embedding_lr / learning_rate, "weight_decay": 0.0})
     return Muon(groups, lr=learning_rate, momentum=muon_momentum, betas=betas)
 
